@@ -1,0 +1,637 @@
+"""What every recipe in `recipes/` shares: parsing, model and data loading, NaN guard, save -> merge -> card -> push.
+
+A recipe shows only what is particular to its method; it reads top to bottom (see `recipes/dpo.py`):
+
+    from trl import DPOConfig, DPOTrainer
+    from trl_ext import recipe
+
+    def make_parser():
+        return recipe.make_parser(DPOConfig)
+
+    def main(argv=None):
+        args, training_args, model_args = recipe.parse(make_parser(), argv)   # YAML + flags, seed, logging
+        tokenizer = recipe.load_tokenizer(model_args, training_args)
+        model = recipe.load_model(model_args, training_args)                   # 4-bit NF4 + k-bit prep if asked
+        train_ds, eval_ds = recipe.load_datasets(args, method="dpo", seed=training_args.seed)
+        trainer = DPOTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=tokenizer, peft_config=recipe.lora_config(model_args),
+                             callbacks=recipe.callbacks())
+        metrics = recipe.train(trainer)                                        # resumes if asked; final eval
+        return recipe.finish(trainer, args, model_args, method="dpo", train_dataset=train_ds,
+                             eval_dataset=eval_ds, metrics=metrics)           # save, merge, card, push
+
+Conventions the functions keep:
+
+- `push_to_hub` is taken out of the training arguments at parse time (`RecipeArguments.push_to_hub` keeps the
+  user's wish), so `transformers.Trainer` never creates a repo at start-up nor pushes checkpoints mid-run; the
+  upload happens once, in `finish`, after training ended without error.
+- The Hub token is read by `huggingface_hub` from the environment (`HF_TOKEN`) or its login cache; a
+  `--hub_token` flag still works but is redacted from the recorded command and never written anywhere.
+- Merging never touches 4-bit weights: the base is reloaded in 16-bit and the saved adapter merged into it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from transformers import TrainerCallback
+
+if TYPE_CHECKING:
+    import datasets
+    from peft import LoraConfig
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+    from trl import ModelConfig, TrlParser
+
+logger = logging.getLogger(__name__)
+
+# method -> (what it is, its paper). Used by the model card; IPO/GRPO/PPO recipes use the same table.
+METHODS: dict[str, tuple[str, str]] = {
+    "sft": ("Supervised fine-tuning", "Ouyang et al. 2022, Training language models to follow instructions with human feedback, https://arxiv.org/abs/2203.02155"),
+    "reward": ("Reward model (Bradley-Terry, step 2 of RLHF)", "Ouyang et al. 2022, Training language models to follow instructions with human feedback, https://arxiv.org/abs/2203.02155"),
+    "dpo": ("Direct Preference Optimization", "Rafailov et al. 2023, Direct Preference Optimization: Your Language Model is Secretly a Reward Model, https://arxiv.org/abs/2305.18290"),
+    "ipo": ("Identity Preference Optimization", "Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from Human Preferences, https://arxiv.org/abs/2310.12036"),
+    "kto": ("Kahneman-Tversky Optimization", "Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization, https://arxiv.org/abs/2402.01306"),
+    "orpo": ("Odds Ratio Preference Optimization", "Hong et al. 2024, ORPO: Monolithic Preference Optimization without Reference Model, https://arxiv.org/abs/2403.07691"),
+    "grpo": ("Group Relative Policy Optimization", "Shao et al. 2024, DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models, https://arxiv.org/abs/2402.03300"),
+    "ppo": ("Proximal Policy Optimization (RLHF)", "Schulman et al. 2017, Proximal Policy Optimization Algorithms, https://arxiv.org/abs/1707.06347; Ouyang et al. 2022, https://arxiv.org/abs/2203.02155"),
+}  # fmt: skip
+
+# Training-argument fields the card reports when the config has them (None-valued ones are left out).
+CARD_HYPERPARAMETERS = (
+    "learning_rate", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "num_train_epochs", "max_steps",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "max_prompt_length",
+    "beta", "loss_type", "label_smoothing", "ld_alpha", "desirable_weight", "undesirable_weight",
+    "center_rewards_coefficient", "num_generations", "epsilon", "optim", "weight_decay", "max_grad_norm",
+    "gradient_checkpointing", "bf16", "fp16", "seed",
+)  # fmt: skip
+_SECRET_FLAGS = ("--hub_token",)
+
+
+@dataclass
+class RecipeArguments:
+    """Arguments every recipe takes besides its TRL config and `trl.ModelConfig`.
+
+    Parameters:
+        dataset_path: A data file (JSON, JSONL, JSON with comments, CSV, Parquet), a folder saved with
+            `save_to_disk`, or a Hub dataset id; read by `dataset_builders.load`.
+        dataset_shape: One of the input shapes (`pairs`, `pairwise_ab`, ...); detected when left out.
+        dataset_split: Split to read from a Hub dataset.
+        dataset_options: Extra keyword arguments for `dataset_builders.load` (a mapping in YAML, JSON on the command
+            line), e.g. `{"drop_invalid": true}`.
+        eval_dataset_path: A separate evaluation set (same forms as `dataset_path`).
+        eval_fraction: Without `eval_dataset_path`, hold out this fraction of the training rows (seeded split).
+        max_train_samples / max_eval_samples: Keep only the first N rows (after the split); for quick runs.
+        merge_adapter: After training a LoRA adapter, also write a merged 16-bit model to `<output_dir>/merged`
+            (the base is reloaded in 16-bit; 4-bit weights are never merged). That merged model is what is pushed.
+    """
+
+    dataset_path: str | None = field(
+        default=None, metadata={"help": "Data file, save_to_disk folder or Hub dataset id (read by dataset_builders)."}
+    )
+    dataset_shape: str | None = field(
+        default=None,
+        metadata={"help": "Input shape of the data (pairs, pairwise_ab, binary, ...); detected if unset."},
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split to read from a Hub dataset."})
+    dataset_options: dict | str | None = field(
+        default=None, metadata={"help": "Extra options for dataset_builders.load: a YAML mapping or a JSON string."}
+    )
+    eval_dataset_path: str | None = field(default=None, metadata={"help": "Separate evaluation data."})
+    eval_fraction: float = field(
+        default=0.0, metadata={"help": "Hold out this fraction of the training data for evaluation (seeded)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation rows."})
+    merge_adapter: bool = field(
+        default=False, metadata={"help": "Also write a merged 16-bit model to <output_dir>/merged (and push that)."}
+    )
+    # Filled in by `parse`, not flags: the user's push wish (taken off the training arguments) and the command.
+    push_to_hub: bool = field(default=False, init=False)
+    command: str = field(default="", init=False)
+
+    def __post_init__(self):
+        if isinstance(self.dataset_options, str):
+            self.dataset_options = json.loads(self.dataset_options) if self.dataset_options.strip() else None
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+# --------------------------------------------------------------------------------------------------------- parsing
+def make_parser(config_cls: type, extra_dataclasses: Sequence[type] = ()) -> TrlParser:
+    """`trl.TrlParser((RecipeArguments, config_cls, trl.ModelConfig, *extra_dataclasses))`.
+
+    `--config file.yaml` sets defaults from YAML; command-line flags override them.
+    """
+    from trl import ModelConfig, TrlParser
+
+    return TrlParser((RecipeArguments, config_cls, ModelConfig, *extra_dataclasses))
+
+
+def parse(parser: TrlParser, argv: Sequence[str] | None = None, script: str | None = None) -> tuple:
+    """Parse `argv` (default `sys.argv[1:]`), then set up the run: logging, seed, push and resume handling.
+
+    Returns the dataclasses in parser order: `(recipe_args, training_args, model_args, *extra)`.
+    `script` is the recipe's path for the recorded command (default `sys.argv[0]`).
+    """
+    import transformers
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parsed = parser.parse_args_and_config(argv)
+    recipe_args, training_args, model_args = parsed[:3]
+    if not isinstance(recipe_args, RecipeArguments):
+        raise TypeError("build the parser with trl_ext.recipe.make_parser")
+
+    recipe_args.command = format_command(argv, script or sys.argv[0])
+    # Push once at the end, from `finish`, never from inside `Trainer` (which would push every checkpoint).
+    recipe_args.push_to_hub = bool(training_args.push_to_hub)
+    training_args.push_to_hub = False
+    if recipe_args.push_to_hub and not model_args.use_peft and recipe_args.merge_adapter:
+        logger.warning("merge_adapter has no effect without use_peft: the full model is saved and pushed as is.")
+
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout, force=False
+    )
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.set_seed(training_args.seed)  # before the model: LoRA initialisation draws from torch's RNG
+
+    training_args.resume_from_checkpoint = resolve_checkpoint(
+        training_args.resume_from_checkpoint, training_args.output_dir
+    )
+    return parsed
+
+
+def format_command(argv: Sequence[str], script: str) -> str:
+    """The command line that ran this recipe, with secrets redacted and the launcher guessed from the environment."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        for flag in _SECRET_FLAGS:
+            if arg == flag and i + 1 < len(argv):
+                argv[i + 1] = "***"
+            elif arg.startswith(flag + "="):
+                argv[i] = flag + "=***"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        launcher = (
+            f"accelerate launch --num_processes {world}"
+            if any(k.startswith("ACCELERATE_") for k in os.environ)
+            else f"torchrun --nproc_per_node {world}"
+        )
+    else:
+        launcher = "python"
+    try:
+        script = os.path.relpath(script)
+    except ValueError:  # another drive on Windows
+        pass
+    return " ".join([launcher, shlex.quote(script), *map(shlex.quote, argv)])
+
+
+def resolve_checkpoint(resume: str | bool | None, output_dir: str) -> str | None:
+    """`"true"` -> the last `checkpoint-*` in `output_dir` (None, with a warning, if there is none); a path stays."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if resume is None or resume is False or str(resume).lower() in ("", "false", "no", "0"):
+        return None
+    if resume is True or str(resume).lower() in ("true", "yes", "1", "last"):
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None:
+            logger.warning("resume_from_checkpoint=true but %s holds no checkpoint: starting from scratch", output_dir)
+        else:
+            logger.info("Resuming from %s", last)
+        return last
+    if not os.path.isdir(resume):
+        raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint folder at {resume}")
+    return str(resume)
+
+
+# ------------------------------------------------------------------------------------------------ model, tokenizer
+def model_path(model_args: ModelConfig) -> str:
+    """Where to load the model from: the local tiny model for `trl-ext/tiny-llama`, else the given name/path."""
+    from trl_ext.tiny import resolve_model_name
+
+    if not model_args.model_name_or_path:
+        raise ValueError("model_name_or_path is required (e.g. --model_name_or_path Qwen/Qwen2.5-7B-Instruct)")
+    return resolve_model_name(model_args.model_name_or_path)
+
+
+def load_tokenizer(model_args: ModelConfig, training_args: TrainingArguments) -> PreTrainedTokenizerBase:
+    """The model's tokenizer; gets a pad token (EOS) if it has none, as batched training needs one."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path(model_args),
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _torch_dtype(dtype: str | None):
+    import torch
+
+    return dtype if dtype in (None, "auto") else getattr(torch, dtype)
+
+
+def load_model(
+    model_args: ModelConfig,
+    training_args: TrainingArguments,
+    *,
+    head: str = "causal-lm",
+    num_labels: int = 1,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> PreTrainedModel:
+    """Load the base model for training.
+
+    - `head`: `"causal-lm"` (policies) or `"seq-cls"` (reward models, `num_labels` scores, pad token from `tokenizer`).
+    - `load_in_4bit` / `load_in_8bit` (from `ModelConfig`): `BitsAndBytesConfig` from `trl.get_quantization_config`
+      (NF4, double quantization with `use_bnb_nested_quant`, compute dtype = `dtype`), placed on this process's
+      device, then `peft.prepare_model_for_kbit_training` (norms in fp32, input grads, gradient checkpointing).
+    - `trust_remote_code` follows the training arguments (off unless turned on).
+    """
+    import torch
+    from accelerate import PartialState
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from trl import get_quantization_config
+
+    if head not in ("causal-lm", "seq-cls"):
+        raise ValueError(f"head must be 'causal-lm' or 'seq-cls', got {head!r}")
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None and model_args.dtype in (None, "auto"):
+        raise ValueError("load_in_4bit/8bit needs an explicit dtype (bfloat16 on a GPU, float32 on a CPU)")
+    if quantization_config is not None:
+        quantization_config.bnb_4bit_compute_dtype = _torch_dtype(model_args.dtype)
+    kwargs: dict[str, Any] = dict(
+        revision=model_args.model_revision,
+        dtype=_torch_dtype(model_args.dtype),
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        # One full copy per process (DDP), on its own GPU; bitsandbytes' CPU backend on a CPU.
+        kwargs["device_map"] = {"": PartialState().local_process_index} if torch.cuda.is_available() else None
+    if head == "seq-cls":
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_path(model_args), num_labels=num_labels, **kwargs
+        )
+        pad_id = tokenizer.pad_token_id if tokenizer is not None else None
+        if pad_id is not None:
+            model.config.pad_token_id = pad_id
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path(model_args), **kwargs)
+    if quantization_config is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=training_args.gradient_checkpointing,
+            gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
+        )
+    return model
+
+
+def lora_config(model_args: ModelConfig, *, head: str = "causal-lm") -> LoraConfig | None:
+    """`trl.get_peft_config` with our defaults: LoRA on all linear layers; task `SEQ_CLS` for reward heads.
+
+    None unless `use_peft` (or a 4/8-bit base, which can only be trained through an adapter).
+    """
+    from trl import get_peft_config
+
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
+        raise ValueError("a 4/8-bit base can only be trained with an adapter: set use_peft: true")
+    config = get_peft_config(model_args)
+    if config is None:
+        return None
+    if not model_args.lora_target_modules:
+        config.target_modules = "all-linear"
+    if head == "seq-cls":
+        config.task_type = "SEQ_CLS"
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+def load_datasets(
+    recipe_args: RecipeArguments, *, method: str, seed: int = 42
+) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """Training (and evaluation) rows in the columns `method`'s trainer takes, via `dataset_builders.load`.
+
+    The evaluation set is `eval_dataset_path` if given, else a seeded `eval_fraction` split of the training data,
+    else None.
+    """
+    import dataset_builders
+
+    if not recipe_args.dataset_path:
+        raise ValueError("dataset_path is required (a data file, a save_to_disk folder or a Hub dataset id)")
+    options = dict(recipe_args.dataset_options or {})
+    if recipe_args.dataset_split != "train":
+        options.setdefault("split", recipe_args.dataset_split)
+
+    def read(source: str):
+        return dataset_builders.load(source, method=method, shape=recipe_args.dataset_shape, **options)
+
+    train = read(recipe_args.dataset_path)
+    if recipe_args.eval_dataset_path:
+        evaluation = read(recipe_args.eval_dataset_path)
+    elif recipe_args.eval_fraction > 0:
+        split = train.train_test_split(test_size=recipe_args.eval_fraction, seed=seed)
+        train, evaluation = split["train"], split["test"]
+    else:
+        evaluation = None
+    if recipe_args.max_train_samples is not None:
+        train = train.select(range(min(recipe_args.max_train_samples, len(train))))
+    if evaluation is not None and recipe_args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(recipe_args.max_eval_samples, len(evaluation))))
+    if len(train) == 0:
+        raise ValueError(f"{recipe_args.dataset_path}: no training rows")
+    logger.info("Data: %d training rows, %s evaluation rows", len(train), len(evaluation) if evaluation else 0)
+    return train, evaluation
+
+
+# ------------------------------------------------------------------------------------------------ training guard
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss, the gradient norm or a trainable weight became NaN/inf."""
+
+
+class NonFiniteLossCallback(TrainerCallback):
+    """Stop a run whose loss, gradient norm or trainable weights became NaN or inf, with a clear error.
+
+    Checked after every optimizer step (trainable weights: cheap for an adapter) and at every log. The error is
+    raised before `Trainer` saves that step's checkpoint, and it propagates out of `train`, so a recipe never reaches
+    `finish`: nothing is saved as final and nothing is pushed.
+    """
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        if model is None:
+            return
+        for name, param in model.named_parameters():
+            if param.requires_grad and not torch.isfinite(param.detach()).all():
+                raise NonFiniteLossError(
+                    f"step {state.global_step}: trainable weight {name} is NaN/inf (the loss or gradients diverged). "
+                    "Stopped; nothing was saved as final or pushed. Try a lower learning_rate, max_grad_norm, or "
+                    "bf16 instead of fp16."
+                )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm", "eval_loss"):
+            value = (logs or {}).get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"step {state.global_step}: {key} = {value}. Stopped; nothing was saved as final or pushed. "
+                    "Try a lower learning_rate, max_grad_norm, or bf16 instead of fp16."
+                )
+
+
+def callbacks() -> list[TrainerCallback]:
+    """The callbacks every recipe passes to its trainer."""
+    return [NonFiniteLossCallback()]
+
+
+def train(trainer: Trainer) -> dict[str, float]:
+    """`trainer.train` (resuming from `args.resume_from_checkpoint`, resolved by `parse`), then a final evaluation
+    if the trainer has an evaluation set. Returns the metrics (train_* and eval_*)."""
+    result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    metrics = dict(result.metrics)
+    trainer.log_metrics("train", metrics)
+    if trainer.eval_dataset is not None:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    NonFiniteLossCallback().on_log(trainer.args, trainer.state, None, logs={"loss": metrics.get("train_loss", 0.0)})
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------ save, card, push
+def finish(
+    trainer: Trainer,
+    recipe_args: RecipeArguments,
+    model_args: ModelConfig,
+    *,
+    method: str,
+    train_dataset: Iterable | None = None,
+    eval_dataset: Iterable | None = None,
+    metrics: dict[str, float] | None = None,
+) -> Path:
+    """Save the adapter (or full model) and tokenizer, merge if asked, write the model card, push if asked.
+
+    Call only after training finished without error. Saving happens once (the trainer saves from the main process);
+    merging, the card and the upload happen on the main process only. Returns the folder that was (or would be)
+    pushed: `output_dir`, or `output_dir/merged` with `merge_adapter`.
+    """
+    args = trainer.args
+    output_dir = Path(args.output_dir)
+    trainer.save_model(str(output_dir))
+    if trainer.processing_class is not None and trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(str(output_dir))
+    trainer.accelerator.wait_for_everyone()
+
+    from peft import PeftModel
+
+    is_adapter = isinstance(trainer.accelerator.unwrap_model(trainer.model), PeftModel)
+    folder = output_dir
+    if trainer.accelerator.is_main_process:
+        counts = {
+            "train": len(train_dataset if train_dataset is not None else trainer.train_dataset),
+            "eval": len(eval_dataset) if eval_dataset is not None else None,
+        }
+        if recipe_args.merge_adapter and is_adapter:
+            folder = merge_adapter(output_dir, model_args, args, dtype=_merge_dtype(model_args))
+        card = model_card(
+            method=method,
+            model_args=model_args,
+            recipe_args=recipe_args,
+            training_args=args,
+            row_counts=counts,
+            metrics=metrics or {},
+            is_adapter=is_adapter and folder == output_dir,
+            world_size=trainer.accelerator.num_processes,
+        )
+        (output_dir / "README.md").write_text(card)
+        if folder != output_dir:
+            (folder / "README.md").write_text(card)
+        if recipe_args.push_to_hub:
+            push_to_hub(folder, repo_id=hub_repo_id(args), private=args.hub_private_repo, token=args.hub_token)
+    elif recipe_args.merge_adapter and is_adapter:
+        folder = output_dir / "merged"
+    trainer.accelerator.wait_for_everyone()
+    return folder
+
+
+def _merge_dtype(model_args: ModelConfig):
+    import torch
+
+    return torch.float16 if model_args.dtype == "float16" else torch.bfloat16
+
+
+def merge_adapter(
+    adapter_dir: str | Path, model_args: ModelConfig, training_args: TrainingArguments, dtype=None
+) -> Path:
+    """Reload the base model in 16-bit (never 4-bit), merge the adapter saved in `adapter_dir`, and write the merged
+    model (safetensors) and tokenizer to `adapter_dir/merged`. Returns that folder."""
+    import torch
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    adapter_dir = Path(adapter_dir)
+    dtype = dtype or torch.bfloat16
+    peft_config = PeftConfig.from_pretrained(str(adapter_dir))
+    auto = AutoModelForSequenceClassification if peft_config.task_type == "SEQ_CLS" else AutoModelForCausalLM
+    kwargs: dict[str, Any] = dict(
+        revision=model_args.model_revision, dtype=dtype, trust_remote_code=training_args.trust_remote_code
+    )
+    if auto is AutoModelForSequenceClassification:
+        from transformers import AutoConfig
+
+        adapter_cfg = AutoConfig.from_pretrained(str(adapter_dir)) if (adapter_dir / "config.json").exists() else None
+        kwargs["num_labels"] = getattr(adapter_cfg, "num_labels", 1) if adapter_cfg else 1
+    base = auto.from_pretrained(model_path(model_args), **kwargs)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    if auto is AutoModelForSequenceClassification and tokenizer.pad_token_id is not None:
+        merged.config.pad_token_id = tokenizer.pad_token_id
+    target = adapter_dir / "merged"
+    merged.save_pretrained(str(target), safe_serialization=True)
+    tokenizer.save_pretrained(str(target))
+    return target
+
+
+def hub_repo_id(training_args: TrainingArguments) -> str:
+    """`hub_model_id`, else the output folder's name (huggingface_hub puts a bare name under the token's user)."""
+    return training_args.hub_model_id or Path(training_args.output_dir).resolve().name
+
+
+def push_to_hub(folder: str | Path, *, repo_id: str, private: bool | None = None, token: str | None = None) -> str:
+    """Create `repo_id` (if needed) and upload `folder` (weights or adapter, tokenizer, README.md card).
+
+    Checkpoints and optimizer states are not uploaded. `token=None` lets huggingface_hub read `HF_TOKEN` or its login
+    cache; the token is never logged. Returns the commit URL.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
+    commit = api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
+        commit_message="Upload from trl-ext recipe",
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "merged/**", "runs/**", "*.pt", "*.pth", "*.bin.lock"],
+    )
+    logger.info("Pushed %s to https://huggingface.co/%s", folder, repo_id)
+    return str(getattr(commit, "commit_url", commit))
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a run (for the model card)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("trl-ext", "trl", "transformers", "peft", "torch", "accelerate", "datasets", "bitsandbytes"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def model_card(
+    *,
+    method: str,
+    model_args: ModelConfig,
+    recipe_args: RecipeArguments,
+    training_args: TrainingArguments,
+    row_counts: dict[str, int | None],
+    metrics: dict[str, float],
+    is_adapter: bool,
+    world_size: int = 1,
+) -> str:
+    """The README.md written next to the weights: base model, method and paper, data and row counts, key
+    hyperparameters, final metrics, the command that produced it, and library versions."""
+    name, paper = METHODS.get(method, (method, "n/a"))
+    base = model_args.model_name_or_path
+    dataset = recipe_args.dataset_path or "n/a"
+    quant = (
+        "4-bit NF4" if model_args.load_in_4bit else "8-bit" if model_args.load_in_8bit else (model_args.dtype or "")
+    )
+    if model_args.load_in_4bit:
+        quant = f"4-bit {model_args.bnb_4bit_quant_type.upper()}" + (
+            " + double quantization" if model_args.use_bnb_nested_quant else ""
+        )
+    hyper = {k: getattr(training_args, k) for k in CARD_HYPERPARAMETERS if getattr(training_args, k, None) is not None}
+    hyper["effective_batch_size"] = (
+        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world_size
+    )
+    hyper["num_processes"] = world_size
+    if model_args.use_peft:
+        hyper.update(
+            lora_r=model_args.lora_r,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            lora_target_modules=model_args.lora_target_modules or "all-linear",
+        )
+    front = {
+        "base_model": base,
+        "library_name": "peft" if is_adapter else "transformers",
+        "tags": ["trl", "trl-ext", method] + (["lora"] if model_args.use_peft else []),
+    }
+    if recipe_args.dataset_path and not os.path.exists(recipe_args.dataset_path):
+        front["datasets"] = [recipe_args.dataset_path]  # a Hub dataset id
+    lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in front.items()), "---", ""]
+    what = "LoRA adapter" if is_adapter else ("merged model" if model_args.use_peft else "model")
+    lines += [
+        f"# {Path(training_args.output_dir).name}",
+        "",
+        f"A {what} trained from [{base}](https://huggingface.co/{base}) with **{name}** ({method}) using "
+        "[trl-ext](https://github.com/) on top of [TRL](https://github.com/huggingface/trl).",
+        "",
+        f"- Method: {name}. Paper: {paper}",
+        f"- Base model: `{base}` ({quant})" + (", trained through a LoRA adapter" if model_args.use_peft else ""),
+        f"- Data: `{dataset}`" + (f" (shape `{recipe_args.dataset_shape}`)" if recipe_args.dataset_shape else ""),
+        f"- Rows: {row_counts.get('train')} for training"
+        + (f", {row_counts['eval']} for evaluation" if row_counts.get("eval") is not None else ", no evaluation set")
+        + (f" (from `{recipe_args.eval_dataset_path}`)" if recipe_args.eval_dataset_path else ""),
+        "",
+        "## Hyperparameters",
+        "",
+        "| name | value |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in hyper.items()),
+        "",
+        "## Final metrics",
+        "",
+    ]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [
+            f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())
+        ]
+    else:
+        lines.append("(none recorded)")
+    lines += [
+        "",
+        "## Command",
+        "",
+        "```bash",
+        recipe_args.command or "(not recorded)",
+        "```",
+        "",
+        "## Library versions",
+        "",
+        *(f"- {k}: {v}" for k, v in library_versions().items()),
+        "",
+    ]
+    return "\n".join(lines)
