@@ -32,6 +32,7 @@ Conventions the functions keep:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -190,10 +191,8 @@ def format_command(argv: Sequence[str], script: str) -> str:
         )
     else:
         launcher = "python"
-    try:
+    with contextlib.suppress(ValueError):  # another drive on Windows
         script = os.path.relpath(script)
-    except ValueError:  # another drive on Windows
-        pass
     return " ".join([launcher, shlex.quote(script), *map(shlex.quote, argv)])
 
 
@@ -541,10 +540,8 @@ def library_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for name in ("trl-ext", "trl", "transformers", "peft", "torch", "accelerate", "datasets", "bitsandbytes"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return out
 
 

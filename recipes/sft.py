@@ -1,0 +1,43 @@
+"""Supervised fine-tuning (step 0 of RLHF) with TRL's `SFTTrainer`; the loss is on the completion only.
+
+Data: prompt/completion rows (or chat messages), or any shape `dataset_builders` can turn into SFT targets
+(e.g. the chosen answers of `pairs`).
+
+    # offline, CPU, about a minute (the embedded tiny model):
+    accelerate launch recipes/sft.py --config recipes/configs/sft/tiny-cpu.yaml
+    # one 24 GB GPU, a 7B model in 4-bit NF4 + LoRA:
+    accelerate launch recipes/sft.py --config recipes/configs/sft/qlora-24gb.yaml \
+        --dataset_path my_sft.jsonl --model_name_or_path Qwen/Qwen2.5-7B --push_to_hub true
+"""
+
+from trl import SFTConfig, SFTTrainer
+
+from trl_ext import recipe
+
+
+def make_parser():
+    return recipe.make_parser(SFTConfig)
+
+
+def main(argv=None):
+    args, training_args, model_args = recipe.parse(make_parser(), argv, script=__file__)
+    tokenizer = recipe.load_tokenizer(model_args, training_args)
+    model = recipe.load_model(model_args, training_args)
+    train_ds, eval_ds = recipe.load_datasets(args, method="sft", seed=training_args.seed)
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=recipe.lora_config(model_args),
+        callbacks=recipe.callbacks(),
+    )
+    metrics = recipe.train(trainer)
+    return recipe.finish(
+        trainer, args, model_args, method="sft", train_dataset=train_ds, eval_dataset=eval_ds, metrics=metrics
+    )
+
+
+if __name__ == "__main__":
+    main()
