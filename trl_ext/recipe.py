@@ -280,8 +280,14 @@ def load_model(
     )
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-        # One full copy per process (DDP), on its own GPU; bitsandbytes' CPU backend on a CPU.
-        kwargs["device_map"] = {"": PartialState().local_process_index} if torch.cuda.is_available() else None
+        if _is_sharded(training_args):
+            # FSDP / ZeRO-3 shard the packed 4-bit weights, which needs them stored in the compute dtype; the engine
+            # places the shards, so no device_map.
+            if model_args.bnb_4bit_quant_storage is None:
+                raise ValueError("QLoRA under FSDP or DeepSpeed ZeRO-3 needs bnb_4bit_quant_storage: bfloat16")
+        elif torch.cuda.is_available():
+            # One full copy per process (single GPU, DDP), on this process's GPU.
+            kwargs["device_map"] = {"": PartialState().local_process_index}
     if head == "seq-cls":
         model = AutoModelForSequenceClassification.from_pretrained(
             model_path(model_args), num_labels=num_labels, **kwargs
@@ -300,6 +306,14 @@ def load_model(
             gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
         )
     return model
+
+
+def _is_sharded(training_args: TrainingArguments) -> bool:
+    """True under FSDP or DeepSpeed ZeRO-3 (as set by `accelerate launch --config_file ...` or the arguments)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    fsdp = bool(getattr(training_args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    return fsdp or is_deepspeed_zero3_enabled()
 
 
 def lora_config(model_args: ModelConfig, *, head: str = "causal-lm") -> LoraConfig | None:
