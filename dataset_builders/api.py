@@ -1,0 +1,202 @@
+"""`load`, `detect`, `kto_class_weights`: the public functions."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .convert import METHODS, PAIR_STRATEGIES, Refusal, convert, harmonize
+from .errors import DataError
+from .readers import Source, read
+from .shapes import ALL_SHAPES, detect_columns, first_row, validate
+
+logger = logging.getLogger("dataset_builders")
+
+OPTIONS = {
+    "on_error": ("raise", "drop"),
+    "pair_strategy": PAIR_STRATEGIES,
+    "ranking_format": ("ranks", "order"),
+    "allow_ties": (True, False),
+    "grpo_mode": ("offline", "online"),
+    "length_source": ("chars", "tokens"),
+    "tokenizer": None,  # a name for AutoTokenizer.from_pretrained, or a tokenizer object
+    "conversational": (True, False),
+    "split": None,  # for Hub ids, DatasetDicts and save_to_disk folders holding several splits
+    "score_key": None,  # UltraFeedback-style import: the completion field holding the score
+}
+
+
+@dataclass
+class LoadReport:
+    """What `load` did: rows in and out, rows dropped (only with on_error="drop") and why, rows that the mapping
+    leaves out by design (ties make no pair, ...), and for KTO the class counts and suggested weights."""
+
+    source: str
+    shape: str
+    method: str | None
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped: int = 0
+    problems: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    kto: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    for key, value in options.items():
+        if key not in OPTIONS:
+            raise TypeError(f"unknown option {key!r}; options are: {', '.join(OPTIONS)}")
+        allowed = OPTIONS[key]
+        if allowed is not None and value is not None and value not in allowed:
+            raise ValueError(f"option {key}={value!r}: expected one of {allowed}")
+
+
+def _resolve_shape(src: Source, shape: str | None) -> str:
+    if shape is None:
+        return detect_columns(src.table.column_names, first_row(src.table), src.name)
+    if shape not in ALL_SHAPES:
+        raise ValueError(f"shape must be one of {ALL_SHAPES}, got {shape!r}")
+    return shape
+
+
+def detect(source: Any) -> str:
+    """The shape of `source` from its fields: one of pairwise_ab, pairs, pairs_with_lengths, binary,
+    pairs_sft_target, ranked; or hh_rlhf / ultrafeedback (public formats `load` imports); or prompt_completion,
+    messages, prompts (what SFT / PPO take directly)."""
+    src = read(source)
+    return _resolve_shape(src, None)
+
+
+def load_with_report(
+    source: Any, method: str | None = None, shape: str | None = None, **options: Any
+) -> tuple[datasets.Dataset, LoadReport]:
+    """`load`, also returning the `LoadReport`."""
+    _check_options(options)
+    if method is not None and method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    on_error = options.get("on_error") or "raise"
+    src = read(source, on_error=on_error, split=options.get("split"))
+    shape = _resolve_shape(src, shape)
+    report = LoadReport(source=src.name, shape=shape, method=method, rows_in=src.table.num_rows + len(src.dropped))
+
+    if shape in ("hh_rlhf", "ultrafeedback"):
+        from .importers import import_source
+
+        src, shape = import_source(src, shape, options)
+    checked = validate(
+        src,
+        shape,
+        on_error=on_error,
+        allow_ties=bool(options.get("allow_ties")),
+        ranking_format=options.get("ranking_format") or "ranks",
+    )
+    report.dropped, report.problems = checked.dropped, checked.problems
+    if checked.dropped:
+        logger.warning(
+            "%s: dropped %d invalid row(s) (on_error='drop'); first: %s",
+            src.name,
+            checked.dropped,
+            checked.problems[0],
+        )
+
+    table = harmonize(checked.table, conversational=bool(options.get("conversational")))
+    if method is not None:
+        try:
+            table = convert(table, shape, method, options, src.name, report.skipped)
+        except Refusal as refusal:
+            raise DataError(src.name, str(refusal)) from None
+    dataset = datasets.Dataset(table)
+    if method == "kto" and "chosen" in table.column_names:
+        from trl.data_utils import unpair_preference_dataset
+
+        dataset = unpair_preference_dataset(dataset)
+    for reason, count in report.skipped.items():
+        logger.info("%s: %d row(s) left out by the %s mapping: %s", src.name, count, method, reason)
+    if method == "kto":
+        report.kto = kto_class_weights(dataset)
+        logger.info("%s: KTO classes %s", src.name, report.kto)
+    report.rows_out = dataset.num_rows
+    if dataset.num_rows == 0:
+        raise DataError(
+            src.name,
+            f"no rows left for {method or shape} (read {report.rows_in}, dropped {report.dropped}, left out {report.skipped})",
+        )
+    return dataset, report
+
+
+def load(source: Any, method: str | None = None, shape: str | None = None, **options: Any) -> datasets.Dataset:
+    """Read `source`, check every row, and return a `datasets.Dataset` with exactly the columns `method`'s trainer
+    takes (or, with no method, the canonical columns of the shape).
+
+    Args:
+        source: a path (.json, .jsonl, .jsonc, .csv, .parquet, any of them .gz, or a save_to_disk folder), a list
+            of dicts, a `datasets.Dataset`, or a Hub dataset id.
+        method: one of sft, reward, ppo, dpo, ipo, kto, orpo, grpo.
+        shape: skip detection and read the data as this shape.
+        **options:
+            on_error: "raise" (default: the first bad row raises `DataError`) or "drop" (bad rows are dropped,
+                counted and logged).
+            pair_strategy: ranked -> pairs: "all_pairs" (default; "best_vs_worst" for kto), "adjacent",
+                "best_vs_rest", "best_vs_worst". Ties make no pair.
+            ranking_format: "ranks" (default: ranking[i] is the rank of responses[i], 1 = best) or "order"
+                (response numbers, 1-based, from best to worst).
+            allow_ties: pairwise_ab rows with preference "tie" are accepted (they make no pair).
+            grpo_mode: "offline" (default: prompt, responses, ranking) or "online" (prompt only).
+            length_source: ipo without declared lengths: "chars" or "tokens" (with `tokenizer`).
+            conversational: wrap plain strings as chat messages (HH-RLHF: parse the transcript into turns).
+            split: the split of a Hub id or DatasetDict (default "train").
+            score_key: UltraFeedback-style import: the score field of each completion.
+
+    Raises:
+        DataError: one line naming the source, the row (line for JSONL) and the field.
+
+    Example:
+        >>> ds = load([{"prompt": "2+2?", "chosen": "4", "rejected": "5"}], method="dpo")
+        >>> ds.column_names
+        ['prompt', 'chosen', 'rejected']
+    """
+    return load_with_report(source, method=method, shape=shape, **options)[0]
+
+
+def kto_class_weights(dataset: datasets.Dataset | pa.Table) -> dict[str, Any]:
+    """Counts of desirable/undesirable examples and the `desirable_weight`/`undesirable_weight` that put the
+    KTO paper's balance ratio desirable_weight * n_desirable / (undesirable_weight * n_undesirable) in [1, 4/3].
+
+    One weight stays 1.0; the other is the smallest change that brings the ratio to the nearest end of the
+    range (upweight desirable examples when they are the minority, undesirable ones when they exceed 4/3).
+
+    Example:
+        >>> kto_class_weights(datasets.Dataset.from_dict({"label": [True] * 10 + [False] * 30}))["desirable_weight"]
+        3.0
+    """
+    labels = dataset.data.table.column("label") if isinstance(dataset, datasets.Dataset) else dataset.column("label")
+    n_desirable = int(pc.sum(labels).as_py() or 0)
+    n_undesirable = len(labels) - n_desirable
+    desirable_weight = undesirable_weight = 1.0
+    if n_desirable and n_undesirable:
+        raw = n_desirable / n_undesirable
+        if raw < 1:
+            desirable_weight = math.ceil(n_undesirable / n_desirable * 1e4) / 1e4  # ratio just >= 1
+        elif raw > 4 / 3:
+            undesirable_weight = math.ceil(raw * 0.75 * 1e4) / 1e4  # ratio just <= 4/3
+    ratio = (desirable_weight * n_desirable / (undesirable_weight * n_undesirable)) if n_undesirable else None
+    if not n_desirable or not n_undesirable:
+        logger.warning(
+            "KTO needs both desirable and undesirable examples; found %d and %d", n_desirable, n_undesirable
+        )
+    return {
+        "n_desirable": n_desirable,
+        "n_undesirable": n_undesirable,
+        "desirable_weight": desirable_weight,
+        "undesirable_weight": undesirable_weight,
+        "ratio": ratio,
+    }

@@ -1,0 +1,155 @@
+"""Importers for two public formats.
+
+- Anthropic HH-RLHF: `chosen` and `rejected` are whole transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...").
+  The prompt is the conversation the two share, up to the assistant turn where they part, so that
+  prompt + chosen and prompt + rejected give back the two transcripts exactly (standard form: strings; with
+  ``conversational=True``: message lists, where the same holds for the parsed turns).
+- UltraFeedback-style scored lists: `instruction` (or `prompt`) and `completions`, each completion a response
+  with a score -> the `ranked` shape (higher score = better rank; equal scores are ties).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import short
+from .readers import Source
+
+_ASSISTANT = "\n\nAssistant:"
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
+_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def hh_split(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) with prompt + chosen == the chosen transcript (and the same for rejected).
+
+    The prompt ends with the last "\\n\\nAssistant:" that both transcripts still share: the assistant turn where
+    they part (real transcripts may part inside that turn, or one may stop where the other goes on)."""
+    common = len(_common_prefix(chosen, rejected))
+    cut = chosen.rfind(_ASSISTANT, 0, common)
+    if cut < 0:
+        raise ValueError("the transcripts part before any shared 'Assistant:' turn")
+    cut += len(_ASSISTANT)
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = min(len(a), len(b))
+    lo, hi = 0, n  # binary search on the longest shared prefix: fast for long transcripts
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return a[:lo]
+
+
+def hh_messages(transcript: str) -> list[dict[str, str]]:
+    """Parse a transcript into TRL messages; text before the first turn (rare) becomes a system message."""
+    parts = _TURN.split(transcript)
+    messages = [{"role": "system", "content": parts[0].strip()}] if parts[0].strip() else []
+    for i in range(1, len(parts), 2):
+        messages.append({"role": _ROLES[parts[i]], "content": parts[i + 1].strip()})
+    return messages
+
+
+def hh_split_messages(chosen: str, rejected: str) -> tuple[list, list, list]:
+    """Conversational form: the shared leading turns are the prompt; the turns from where they part on are
+    chosen / rejected (prompt + chosen == the parsed chosen transcript)."""
+    mc, mr = hh_messages(chosen), hh_messages(rejected)
+    k = 0
+    while k < min(len(mc), len(mr)) and mc[k] == mr[k]:
+        k += 1
+    if k and mc[k - 1]["role"] == "assistant" and (k == len(mc) or k == len(mr)):
+        k -= 1  # one transcript is the other plus more turns: they part at the last shared assistant turn
+    return mc[:k], mc[k:], mr[k:]
+
+
+def import_hh(src: Source, conversational: bool) -> Source:
+    chosen, rejected = src.table.column("chosen"), src.table.column("rejected")
+    for name, column in (("chosen", chosen), ("rejected", rejected)):
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise src.error(
+                f"expected an HH-RLHF transcript string, got {short(column[0].as_py())}", index=0, field=name
+            )
+    prompts, chosens, rejecteds = [], [], []
+    split = hh_split_messages if conversational else hh_split
+    for i, (c, r) in enumerate(zip(chosen.to_pylist(), rejected.to_pylist())):
+        if c is None or r is None:
+            raise src.error("missing", index=i, field="chosen" if c is None else "rejected")
+        if c == r:
+            raise src.error("chosen and rejected transcripts are identical: no preference", index=i, field="rejected")
+        try:
+            p, c_part, r_part = split(c, r)
+        except ValueError as e:
+            raise src.error(str(e), index=i, field="chosen") from None
+        prompts.append(p)
+        chosens.append(c_part)
+        rejecteds.append(r_part)
+    table = pa.table({"prompt": prompts, "chosen": chosens, "rejected": rejecteds})
+    return Source(src.name, table, unit=src.unit, line_numbers=src.line_numbers, path=src.path, dropped=src.dropped)
+
+
+_SCORE_KEYS = ("overall_score", "score", "rating", "fine-grained_score")
+_TEXT_KEYS = ("response", "text", "content", "completion")
+
+
+def import_scored(src: Source, score_key: str | None) -> Source:
+    """UltraFeedback-style rows -> ranked: rank = 1 + the number of completions that scored strictly higher."""
+    table = src.table
+    prompt_field = "prompt" if "prompt" in table.column_names else "instruction"
+    if prompt_field not in table.column_names:
+        raise src.error(
+            "missing (scored lists need 'prompt' or 'instruction' beside 'completions')", index=0, field="prompt"
+        )
+    prompts, responses, rankings = [], [], []
+    for i, (prompt, completions) in enumerate(
+        zip(table.column(prompt_field).to_pylist(), table.column("completions").to_pylist())
+    ):
+        if not isinstance(completions, list):
+            raise src.error(
+                f"expected a list of scored completions, got {short(completions)}", index=i, field="completions"
+            )
+        texts, scores = [], []
+        for k, completion in enumerate(completions):
+            if isinstance(completion, str) or not isinstance(completion, dict):
+                raise src.error(
+                    f"completion {k + 1}: expected an object with a response and a score, got {short(completion)}",
+                    index=i,
+                    field="completions",
+                )
+            key = score_key or next((s for s in _SCORE_KEYS if completion.get(s) is not None), None)
+            score = completion.get(key) if key else None
+            try:
+                score = float(score)
+            except (TypeError, ValueError):
+                wanted = score_key or " / ".join(_SCORE_KEYS)
+                raise src.error(
+                    f"completion {k + 1}: no numeric score ({wanted}), got {short(score)}",
+                    index=i,
+                    field="completions",
+                ) from None
+            if np.isnan(score):
+                raise src.error(f"completion {k + 1}: the score is NaN", index=i, field="completions")
+            text = next((completion[t] for t in _TEXT_KEYS if completion.get(t) is not None), None)
+            texts.append(text)
+            scores.append(score)
+        scores_arr = np.asarray(scores)
+        prompts.append(prompt)
+        responses.append(texts)
+        rankings.append([int(1 + np.sum(scores_arr > s)) for s in scores_arr])
+    out = pa.table(
+        {"prompt": prompts, "responses": responses, "ranking": pa.array(rankings, type=pa.list_(pa.int64()))}
+    )
+    return Source(src.name, out, unit=src.unit, line_numbers=src.line_numbers, path=src.path, dropped=src.dropped)
+
+
+def import_source(src: Source, shape: str, options: dict[str, Any]) -> tuple[Source, str]:
+    if shape == "hh_rlhf":
+        return import_hh(src, bool(options.get("conversational"))), "pairs"
+    return import_scored(src, options.get("score_key")), "ranked"

@@ -1,0 +1,470 @@
+"""Readers: every supported source becomes one Arrow table plus the means to name a row in an error message.
+
+The fast path hands the file to Arrow (``pyarrow.json`` for JSONL, ``pyarrow.csv``, ``pyarrow.parquet``,
+``datasets.load_from_disk``), so a million rows never become a million Python dicts. Only when Arrow refuses a
+file (malformed JSON, a field that changes type between rows) do we parse it again in Python, to name the
+offending line and field exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import json5
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from .errors import DataError, short
+
+logger = logging.getLogger("dataset_builders")
+
+# Fields whose value is text: a string, or a chat message list (TRL's conversational form).
+TEXT_FIELDS = ("prompt", "chosen", "rejected", "response", "response_a", "response_b", "completion", "sft_target")
+# Fields that CSV cells carry JSON-encoded.
+JSON_CELL_FIELDS = ("responses", "ranking", "completions", "messages", "chosen_length", "rejected_length")
+
+_SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".jsonc": "jsonc",
+    ".json5": "jsonc",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_JSONL_BLOCK_SIZE = 8 << 20  # Arrow reads JSONL in blocks; one row must fit in a block.
+
+
+@dataclass
+class Source:
+    """A source read into Arrow.
+
+    `line_numbers`, when set, gives the 1-based line (or row) of each table row; for JSONL read by Arrow it
+    is computed only when an error needs it (`locate`), by one scan of the file.
+    """
+
+    name: str
+    table: pa.Table
+    unit: str = "row"
+    line_numbers: np.ndarray | None = None
+    path: Path | None = None
+    dropped: list[str] = field(default_factory=list)  # messages for rows dropped while reading (on_error="drop")
+
+    def locate(self, index: int) -> int:
+        if self.line_numbers is None and self.unit == "line" and self.path is not None:
+            self.line_numbers = _jsonl_line_numbers(self.path)
+        if self.line_numbers is not None:
+            return int(self.line_numbers[index])
+        return index + 1
+
+    def error(self, reason: str, index: int | None = None, field: str | None = None) -> DataError:
+        row = None if index is None else self.locate(index)
+        return DataError(self.name, reason, row=row, field=field, unit=self.unit)
+
+
+# --- entry point ------------------------------------------------------------------------------------------------
+
+
+def read(source: Any, on_error: str = "raise", split: str | None = None) -> Source:
+    """Read `source` (path, list of dicts, `datasets.Dataset`/`DatasetDict`, or Hub id) into a `Source`."""
+    import datasets
+
+    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+        return Source("<Dataset>", _dataset_table(_pick_split(source, split, "<Dataset>"), "<Dataset>"))
+    if isinstance(source, pa.Table):
+        return Source("<Table>", source)
+    if isinstance(source, (list, tuple)):
+        return _rows_to_source(list(source), "<list>", "row", None, on_error)
+    if isinstance(source, dict):
+        return _rows_to_source([source], "<dict>", "row", None, on_error)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source must be a path, a list of dicts, a datasets.Dataset or a Hub id, not {type(source)}")
+
+    path = Path(source)
+    name = str(source)
+    if path.is_dir():
+        return _read_disk_folder(path, name, split)
+    if not path.exists():
+        if isinstance(source, str) and _HUB_ID.match(source) and _file_kind(path) is None:
+            return _read_hub(source, split)
+        raise DataError(name, "no such file or folder")
+    kind = _file_kind(path)
+    if kind is None:
+        raise DataError(
+            name,
+            "unknown file type; expected .json, .jsonl, .jsonc, .csv or .parquet (optionally .gz), "
+            "or a save_to_disk folder",
+        )
+    reader = {
+        "jsonl": _read_jsonl,
+        "json": _read_json,
+        "jsonc": _read_json,
+        "csv": _read_csv,
+        "parquet": _read_parquet,
+    }
+    return reader[kind](path, name, on_error)
+
+
+def _file_kind(path: Path) -> str | None:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return _SUFFIXES.get(suffixes[-1]) if suffixes else None
+
+
+def _is_gz(path: Path) -> bool:
+    return path.suffix.lower() == ".gz"
+
+
+def _open_text(path: Path):
+    if _is_gz(path):
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _read_text(path: Path, name: str) -> str:
+    try:
+        with _open_text(path) as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise DataError(name, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (OSError, EOFError) as e:  # e.g. a truncated or not-really-gzip .gz
+        raise DataError(name, f"cannot read the file ({e})") from None
+
+
+# --- JSONL ------------------------------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path, name: str, on_error: str) -> Source:
+    try:
+        with pa.input_stream(str(path), compression="gzip" if _is_gz(path) else None) as stream:
+            table = pa_json.read_json(stream, read_options=pa_json.ReadOptions(block_size=_JSONL_BLOCK_SIZE))
+        return Source(name, table, unit="line", path=path)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as arrow_error:
+        # Arrow refuses: parse line by line, to name the line and the field (or drop the bad lines).
+        logger.debug("Arrow could not read %s (%s); parsing it line by line", name, arrow_error)
+        rows, lines, dropped = _parse_jsonl_lines(path, name, on_error)
+        source = _rows_to_source(rows, name, "line", np.asarray(lines, dtype=np.int64), on_error, path=path)
+        source.dropped[:0] = dropped
+        return source
+
+
+def _parse_jsonl_lines(path: Path, name: str, on_error: str) -> tuple[list[dict], list[int], list[str]]:
+    rows, lines, dropped = [], [], []
+    try:
+        with _open_text(path) as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    problem = None if isinstance(row, dict) else f"expected a JSON object, got {short(row)}"
+                except json.JSONDecodeError as e:
+                    problem = f"malformed JSON: {e.msg} (column {e.colno})"
+                if problem is not None:
+                    error = DataError(name, problem, row=number, unit="line")
+                    if on_error != "drop":
+                        raise error
+                    dropped.append(str(error))
+                    continue
+                rows.append(row)
+                lines.append(number)
+    except UnicodeDecodeError as e:
+        raise DataError(name, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (OSError, EOFError) as e:
+        raise DataError(name, f"cannot read the file ({e})") from None
+    return rows, lines, dropped
+
+
+def _jsonl_line_numbers(path: Path) -> np.ndarray:
+    """1-based line number of each JSON row (blank lines hold no row; Arrow skips them too)."""
+    numbers = []
+    with _open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                numbers.append(number)
+    return np.asarray(numbers, dtype=np.int64)
+
+
+# --- JSON and JSON with comments ------------------------------------------------------------------------------
+
+
+def _read_json(path: Path, name: str, on_error: str) -> Source:
+    text = _read_text(path, name)
+    if not text.strip():
+        raise DataError(name, "the file is empty")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = _parse_lenient_json(text, name)
+        if isinstance(value, _JsonLines):
+            return _rows_to_source(value.rows, name, "line", np.asarray(value.lines), on_error, path=path)
+    rows = value if isinstance(value, list) else [value]
+    return _rows_to_source(rows, name, "row", None, on_error, path=path)
+
+
+@dataclass
+class _JsonLines:
+    rows: list
+    lines: list[int]
+
+
+def _parse_lenient_json(text: str, name: str) -> Any:
+    """JSON as people paste it: JSONL saved as .json; `//` and `/* */` comments and trailing commas (JSON5);
+    several objects separated by commas with no enclosing brackets (wrapped in [ ] and parsed again)."""
+    lines = _try_json_lines(text)
+    if lines is not None:
+        return lines
+    try:
+        return json5.loads(text)
+    except ValueError as plain_error:
+        error = plain_error
+    if not text.lstrip().startswith("["):
+        try:
+            return json5.loads("[" + text + "\n]")
+        except ValueError as wrapped_error:
+            error = wrapped_error
+    match = re.match(r"<string>:(\d+) (.*)", str(error))
+    if match:
+        raise DataError(name, f"malformed JSON: {match.group(2)}", row=int(match.group(1)), unit="line") from None
+    raise DataError(name, f"malformed JSON: {error}") from None
+
+
+def _try_json_lines(text: str) -> _JsonLines | None:
+    rows, lines = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(row, dict):
+            return None
+        rows.append(row)
+        lines.append(number)
+    return _JsonLines(rows, lines) if len(rows) > 1 else None
+
+
+# --- CSV --------------------------------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path, name: str, on_error: str) -> Source:
+    # Every cell is read as a string (a prompt "42" is text); structured fields are JSON-encoded in their cells.
+    with _open_text(path) as f:
+        header = next(csv.reader(f), None)
+    if not header:
+        raise DataError(name, "the file is empty (no header row)")
+    convert = pa_csv.ConvertOptions(column_types={column: pa.string() for column in header}, strings_can_be_null=False)
+    try:
+        table = pa_csv.read_csv(str(path), convert_options=convert)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(name, f"malformed CSV: {str(e).splitlines()[0]}") from None
+    dropped, kept, numbers = [], [], []
+    for index, row in enumerate(table.to_pylist()):
+        try:
+            kept.append(_decode_csv_row(row, name, index + 1))
+            numbers.append(index + 1)
+        except DataError as e:
+            if on_error != "drop":
+                raise
+            dropped.append(str(e))
+    source = _rows_to_source(kept, name, "row", numbers, on_error, path=path)
+    source.dropped[:0] = dropped
+    return source
+
+
+def _decode_csv_row(row: dict, name: str, number: int) -> dict:
+    out = {}
+    for key, cell in row.items():
+        if key in JSON_CELL_FIELDS:
+            if cell.strip() == "":
+                out[key] = None
+                continue
+            try:
+                out[key] = json.loads(cell)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    name, f"cell is not valid JSON ({e.msg}): {short(cell)}", row=number, field=key
+                ) from None
+        elif key in TEXT_FIELDS and cell.lstrip().startswith("[{"):
+            out[key] = _maybe_messages(cell)
+        else:
+            out[key] = cell
+    return out
+
+
+def _maybe_messages(cell: str) -> Any:
+    try:
+        value = json.loads(cell)
+    except json.JSONDecodeError:
+        return cell
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
+        return value
+    return cell
+
+
+# --- Parquet, save_to_disk folders, datasets, Hub -------------------------------------------------------------
+
+
+def _read_parquet(path: Path, name: str, on_error: str) -> Source:
+    try:
+        if _is_gz(path):
+            with gzip.open(path, "rb") as f:
+                return Source(name, pq.read_table(pa.BufferReader(f.read())))
+        return Source(name, pq.read_table(path))
+    except (pa.ArrowInvalid, OSError, EOFError) as e:
+        raise DataError(name, f"not a readable Parquet file ({str(e).splitlines()[0]})") from None
+
+
+def _read_disk_folder(path: Path, name: str, split: str | None) -> Source:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except FileNotFoundError:
+        raise DataError(name, "a folder, but not one written by Dataset.save_to_disk") from None
+    return Source(name, _dataset_table(_pick_split(loaded, split, name), name))
+
+
+def _read_hub(repo_id: str, split: str | None) -> Source:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(repo_id, split=split or "train")
+    except Exception as e:  # network, authentication, unknown id, offline mode: all end here
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise DataError(
+            repo_id,
+            f"could not load it from the Hugging Face Hub ({type(e).__name__}: {short(first_line, 160)}); "
+            "check the id and your connection (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE must be unset), or pass a local path",
+        ) from None
+    return Source(repo_id, _dataset_table(loaded, repo_id))
+
+
+def _pick_split(loaded: Any, split: str | None, name: str) -> Any:
+    import datasets
+
+    if not isinstance(loaded, datasets.DatasetDict):
+        return loaded
+    if split is None and len(loaded) == 1:
+        return next(iter(loaded.values()))
+    split = split or "train"
+    if split not in loaded:
+        raise DataError(name, f"no split {split!r}; splits found: {', '.join(loaded)} (pass split=...)")
+    return loaded[split]
+
+
+def _dataset_table(dataset: Any, name: str) -> pa.Table:
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset):
+        raise DataError(name, f"expected a datasets.Dataset, got {type(dataset).__name__}")
+    if dataset._indices is not None:  # a select/shuffle view: materialize the rows it points to
+        dataset = dataset.flatten_indices()
+    return dataset.data.table
+
+
+# --- Python rows -> Arrow, with exact errors --------------------------------------------------------------------
+
+
+def _rows_to_source(rows: list, name: str, unit: str, numbers: Any, on_error: str, path: Path | None = None) -> Source:
+    """Build the table from Python rows; where Arrow refuses, name the first row at fault (or drop it)."""
+    numbers = list(range(1, len(rows) + 1)) if numbers is None else [int(n) for n in numbers]
+    dropped: list[str] = []
+
+    def reject(i: int, reason: str, field_name: str | None = None) -> None:
+        error = DataError(name, reason, row=numbers[i], field=field_name, unit=unit)
+        if on_error != "drop":
+            raise error
+        dropped.append(str(error))
+
+    keep = []
+    for i, row in enumerate(rows):
+        if isinstance(row, dict):
+            keep.append(i)
+        else:
+            reject(i, f"expected a JSON object, got {short(row)}")
+    rows, numbers = [rows[i] for i in keep], [numbers[i] for i in keep]
+
+    while True:
+        if not rows:
+            raise DataError(name, "no rows" + (f" (all {len(dropped)} dropped)" if dropped else ""))
+        try:
+            table = pa.Table.from_pylist(rows)
+            break
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError) as arrow_error:
+            bad = _first_inconsistent(rows)
+            if bad is None:
+                raise DataError(name, f"cannot build a table from the rows ({arrow_error})") from None
+            i, field_name, reason = bad
+            reject(i, reason, field_name)
+            del rows[i], numbers[i]
+    return Source(name, table, unit=unit, line_numbers=np.asarray(numbers, dtype=np.int64), path=path, dropped=dropped)
+
+
+def _kind(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        if value and all(isinstance(m, dict) for m in value):
+            return "a message list" if all("role" in m for m in value) else "a list of objects"
+        if value and all(isinstance(v, str) for v in value):
+            return "a list of strings"
+        if value and all(isinstance(v, list) for v in value):
+            return "a list of lists"
+        return "a list"
+    return type(value).__name__
+
+
+def _first_inconsistent(rows: list[dict]) -> tuple[int, str, str] | None:
+    """The first row whose field holds a different kind of value than the rest of the column (Arrow's columns
+    hold one type), with a reason. Text fields must be strings or message lists."""
+    kinds: dict[str, Counter] = {}
+    for row in rows:
+        for key, value in row.items():
+            kind = _kind(value)
+            if kind is not None:
+                kinds.setdefault(key, Counter())[kind] += 1
+    for i, row in enumerate(rows):
+        for key, value in row.items():
+            kind = _kind(value)
+            if kind is None:
+                continue
+            if key in TEXT_FIELDS and kind not in ("a string", "a message list"):
+                return i, key, f"expected text (a string or a message list), got {short(value)}"
+            if key == "responses" and kind == "a list" and any(not isinstance(v, (str, list)) for v in value):
+                bad = next(v for v in value if not isinstance(v, (str, list)))
+                return i, key, f"expected a list of texts (strings or message lists), got an item {short(bad)}"
+            counts = kinds[key]
+            if key in TEXT_FIELDS:
+                counts = Counter({k: n for k, n in counts.items() if k in ("a string", "a message list")})
+            usual = counts.most_common(1)[0][0]
+            if kind != usual and not (kind == "a list" and usual.startswith("a list")):
+                return i, key, f"{kind} here but {usual} in other rows ({short(value)}); use one form per field"
+    return None
+
+
+__all__ = ["Source", "read", "TEXT_FIELDS"]
