@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from .convert import METHODS, PAIR_STRATEGIES, Refusal, convert, harmonize
 from .errors import DataError
 from .readers import Source, read
-from .shapes import ALL_SHAPES, detect_columns, first_row, validate
+from .shapes import ALL_SHAPES, detect_columns, first_row, is_messages_type, validate
 
 logger = logging.getLogger("dataset_builders")
 
@@ -178,7 +178,10 @@ def kto_class_weights(dataset: datasets.Dataset | pa.Table) -> dict[str, Any]:
         >>> kto_class_weights(datasets.Dataset.from_dict({"label": [True] * 10 + [False] * 30}))["desirable_weight"]
         3.0
     """
-    labels = dataset.data.table.column("label") if isinstance(dataset, datasets.Dataset) else dataset.column("label")
+    # the arrow format respects a select/shuffle/train_test_split view (an indices mapping) and stays columnar
+    labels = (
+        dataset.with_format("arrow")["label"] if isinstance(dataset, datasets.Dataset) else dataset.column("label")
+    )
     n_desirable = int(pc.sum(labels).as_py() or 0)
     n_undesirable = len(labels) - n_desirable
     desirable_weight = undesirable_weight = 1.0
@@ -200,3 +203,98 @@ def kto_class_weights(dataset: datasets.Dataset | pa.Table) -> dict[str, Any]:
         "undesirable_weight": undesirable_weight,
         "ratio": ratio,
     }
+
+
+def inspect(source: Any, shape: str | None = None, **options: Any) -> dict[str, Any]:
+    """What `python -m dataset_builders inspect` prints: the shape, row count, columns, whether the text is
+    conversational, length statistics (characters), the problems found (all of them, counted; the first few
+    quoted) and which methods the data can serve. Raises `DataError` only when the source cannot be read."""
+    _check_options(options)
+    src = read(source, on_error="drop", split=options.get("split"))
+    shape = _resolve_shape(src, shape)
+    info: dict[str, Any] = {"source": src.name, "shape": shape, "rows": src.table.num_rows + len(src.dropped)}
+    if shape in ("hh_rlhf", "ultrafeedback"):
+        from .importers import import_source
+
+        src, info["imported_as"] = import_source(src, shape, options)
+    checked = validate(
+        src,
+        info.get("imported_as", shape),
+        collect=True,
+        allow_ties=bool(options.get("allow_ties")),
+        ranking_format=options.get("ranking_format") or "ranks",
+    )
+    info["columns"] = src.table.column_names
+    info["valid_rows"] = info["rows"] - checked.dropped
+    info["problem_count"] = checked.dropped
+    info["problems"] = checked.problems[:20]
+    if checked.dropped:
+        info["problems_by_field"] = checked.problem_counts
+    if checked.dropped < src.table.num_rows:  # statistics and methods from the valid rows
+        valid = validate(
+            src,
+            info.get("imported_as", shape),
+            on_error="drop",
+            allow_ties=True,
+            ranking_format=options.get("ranking_format") or "ranks",
+        )
+        table = harmonize(valid.table, conversational=bool(options.get("conversational")))
+        from trl.data_utils import is_conversational
+
+        info["conversational"] = is_conversational(first_row(table) or {})
+        info["lengths"] = _length_stats(table)
+        if "chosen" in table.column_names:
+            same = (
+                pc.equal(table.column("chosen"), table.column("rejected"))
+                if pa.types.is_string(table.column("chosen").type)
+                else None
+            )
+            n_same = int(pc.sum(same).as_py() or 0) if same is not None else 0
+            if n_same:
+                info["warnings"] = [f"{n_same} row(s) have identical chosen and rejected (no preference signal)"]
+        info["methods"] = _methods(table, info.get("imported_as", shape), options, src.name)
+    return info
+
+
+def _length_stats(table: pa.Table) -> dict[str, dict[str, float]]:
+    from .convert import text_lengths
+
+    stats = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if name == "responses":
+            stats["responses (count)"] = _summary(pc.list_value_length(column).to_numpy(zero_copy_only=False))
+            column = pc.list_flatten(column)
+        elif name in ("chosen_length", "rejected_length"):
+            stats[name + " (declared)"] = _summary(column.to_numpy(zero_copy_only=False))
+            continue
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or is_messages_type(column.type):
+            stats[name + " (chars)"] = _summary(
+                text_lengths(pa.chunked_array([column]) if isinstance(column, pa.Array) else column, "").to_numpy()
+            )
+    return stats
+
+
+def _summary(values: Any) -> dict[str, float]:
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    if not len(values):
+        return {}
+    return {"min": float(values.min()), "mean": round(float(values.mean()), 2), "max": float(values.max())}
+
+
+def _methods(table: pa.Table, shape: str, options: dict[str, Any], name: str) -> dict[str, str]:
+    """Each method -> "yes" or why not, by running the mapping on a few rows."""
+    sample = table.slice(0, 16)
+    out = {}
+    for method in METHODS:
+        try:
+            convert(sample, shape, method, dict(options), name, {})
+            out[method] = "yes"
+        except (Refusal, DataError, ValueError) as e:
+            if isinstance(e, Refusal):
+                out[method] = "no: " + str(e).split(": ", 1)[-1]
+            else:  # e.g. ipo without declared lengths: the first clause says what is missing
+                out[method] = "needs an option: " + (e.reason if isinstance(e, DataError) else str(e)).split(";")[0]
+    return out

@@ -458,6 +458,11 @@ def _first_inconsistent(rows: list[dict]) -> tuple[int, str, str] | None:
             if key == "responses" and kind == "a list" and any(not isinstance(v, (str, list)) for v in value):
                 bad = next(v for v in value if not isinstance(v, (str, list)))
                 return i, key, f"expected a list of texts (strings or message lists), got an item {short(bad)}"
+            if key == "ranking" and isinstance(value, list) and any(_kind(v) not in (None, "a number") for v in value):
+                return i, key, f"expected a list of integer ranks, got {short(value)}"
+            if isinstance(value, list) and len({_kind(v) for v in value} - {None}) > 1:
+                mixed = " and ".join(sorted({_kind(v) for v in value} - {None}))
+                return i, key, f"a list mixing {mixed}: {short(value)}"
             counts = kinds[key]
             if key in TEXT_FIELDS:
                 counts = Counter({k: n for k, n in counts.items() if k in ("a string", "a message list")})

@@ -339,8 +339,10 @@ def _ranking_checks(
             )
         )
     flat = pc.list_flatten(column)
+    if pa.types.is_null(t.value_type):  # e.g. [null, null]: every item missing
+        flat = pc.cast(flat, pa.int64())
     values = pc.fill_null(flat, 0).to_numpy(zero_copy_only=False)
-    item_bad = _np(flat.is_null()) if len(flat) else np.zeros(0, dtype=bool)
+    item_bad = _np(flat.is_null())
     if pa.types.is_floating(t.value_type):
         item_bad |= values != np.floor(values)
     ranks = values.astype(np.int64) if len(values) else np.zeros(0, dtype=np.int64)
@@ -366,13 +368,14 @@ def _ranking_checks(
 
 def _ranking_problem(ranking: list, responses: list | None, rule: str, ranking_format: str) -> str:
     n = len(responses or [])
+    what = "response number" if ranking_format == "order" else "rank"
     for value in ranking:
         if value is None:
-            return f"a rank is missing in {short(ranking)} ({rule})"
+            return f"a {what} is missing in {short(ranking)} ({rule})"
         if value != int(value):
-            return f"rank {value} is not an integer ({rule})"
+            return f"{what} {value} is not an integer ({rule})"
         if not 1 <= value <= n:
-            return f"rank {int(value)} is out of range 1..{n} in {short(ranking)} ({rule})"
+            return f"{what} {int(value)} is out of range 1..{n} in {short(ranking)} ({rule})"
     if ranking_format == "order":
         return f"{short(ranking)} is not an order of the {n} responses (each of 1..{n} once) ({rule})"
     return f"invalid ranking {short(ranking)} ({rule})"
