@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from .convert import METHODS, PAIR_STRATEGIES, Refusal, convert, harmonize
 from .errors import DataError
 from .readers import Source, read
-from .shapes import ALL_SHAPES, detect_columns, first_row, is_messages_type, validate
+from .shapes import ALL_SHAPES, PAIR_SHAPES, detect_columns, first_row, is_messages_type, validate
 
 logger = logging.getLogger("dataset_builders")
 
@@ -68,6 +68,21 @@ def _resolve_shape(src: Source, shape: str | None) -> str:
     return shape
 
 
+def _implicit_prompt(src: Source, shape: str) -> Source:
+    table = src.table
+    columns = table.column_names
+    if (
+        shape in PAIR_SHAPES
+        and "prompt" not in columns
+        and "chosen" in columns
+        and is_messages_type(table.column("chosen").type)
+    ):
+        from .importers import extract_implicit_prompt
+
+        return extract_implicit_prompt(src)
+    return src
+
+
 def detect(source: Any) -> str:
     """The shape of `source` from its fields: one of pairwise_ab, pairs, pairs_with_lengths, binary,
     pairs_sft_target, ranked; or hh_rlhf / ultrafeedback (public formats `load` imports); or prompt_completion,
@@ -92,6 +107,7 @@ def load_with_report(
         from .importers import import_source
 
         src, shape = import_source(src, shape, options)
+    src = _implicit_prompt(src, shape)
     checked = validate(
         src,
         shape,
@@ -217,6 +233,7 @@ def inspect(source: Any, shape: str | None = None, **options: Any) -> dict[str, 
         from .importers import import_source
 
         src, info["imported_as"] = import_source(src, shape, options)
+    src = _implicit_prompt(src, info.get("imported_as", shape))
     checked = validate(
         src,
         info.get("imported_as", shape),
@@ -230,7 +247,7 @@ def inspect(source: Any, shape: str | None = None, **options: Any) -> dict[str, 
     info["problems"] = checked.problems[:20]
     if checked.dropped:
         info["problems_by_field"] = checked.problem_counts
-    if checked.dropped < src.table.num_rows:  # statistics and methods from the valid rows
+    if info["valid_rows"] > 0:  # statistics and methods from the valid rows
         valid = validate(
             src,
             info.get("imported_as", shape),

@@ -153,3 +153,31 @@ def import_source(src: Source, shape: str, options: dict[str, Any]) -> tuple[Sou
     if shape == "hh_rlhf":
         return import_hh(src, bool(options.get("conversational"))), "pairs"
     return import_scored(src, options.get("score_key")), "ranked"
+
+
+def extract_implicit_prompt(src: Source) -> Source:
+    """Conversational pairs with no `prompt` column (the prompt is the turns chosen and rejected share, as in
+    many Hub datasets): TRL's `maybe_extract_prompt` splits it off, row by row."""
+    from trl.data_utils import maybe_extract_prompt
+
+    def split(batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {"prompt": [], "chosen": [], "rejected": []}
+        for chosen, rejected in zip(batch["chosen"], batch["rejected"]):
+            if isinstance(chosen, list) and isinstance(rejected, list) and chosen and rejected:
+                row = maybe_extract_prompt({"chosen": chosen, "rejected": rejected})
+            else:  # leave it to validation to name the bad field
+                row = {"prompt": None, "chosen": chosen, "rejected": rejected}
+            for key in out:
+                out[key].append(row[key])
+        return out
+
+    table = src.table
+    rest = {name: table.column(name) for name in table.column_names if name not in ("chosen", "rejected")}
+    pieces = []
+    for start in range(0, table.num_rows, 10_000):
+        batch = table.slice(start, 10_000).select(["chosen", "rejected"]).to_pydict()
+        pieces.append(pa.table(split(batch)))
+    out = pa.concat_tables(pieces, promote_options="permissive")
+    for name, column in rest.items():
+        out = out.append_column(name, column)
+    return Source(src.name, out, unit=src.unit, line_numbers=src.line_numbers, path=src.path, dropped=src.dropped)

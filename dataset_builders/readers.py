@@ -401,6 +401,7 @@ def _rows_to_source(rows: list, name: str, unit: str, numbers: Any, on_error: st
             reject(i, f"expected a JSON object, got {short(row)}")
     rows, numbers = [rows[i] for i in keep], [numbers[i] for i in keep]
 
+    coerced = False
     while True:
         if not rows:
             raise DataError(name, "no rows" + (f" (all {len(dropped)} dropped)" if dropped else ""))
@@ -408,6 +409,10 @@ def _rows_to_source(rows: list, name: str, unit: str, numbers: Any, on_error: st
             table = pa.Table.from_pylist(rows)
             break
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError) as arrow_error:
+            if not coerced:
+                coerced = True
+                if _labels_to_strings(rows):
+                    continue
             bad = _first_inconsistent(rows)
             if bad is None:
                 raise DataError(name, f"cannot build a table from the rows ({arrow_error})") from None
@@ -415,6 +420,21 @@ def _rows_to_source(rows: list, name: str, unit: str, numbers: Any, on_error: st
             reject(i, reason, field_name)
             del rows[i], numbers[i]
     return Source(name, table, unit=unit, line_numbers=np.asarray(numbers, dtype=np.int64), path=path, dropped=dropped)
+
+
+def _labels_to_strings(rows: list[dict]) -> bool:
+    """A label or preference column may mix spellings ("good", true, 1): each is fine, but an Arrow column holds
+    one type, so write them all as strings and let validation judge each value. True if anything changed."""
+    changed = False
+    for key in ("label", "preference"):
+        kinds = {_kind(row.get(key)) for row in rows} - {None}
+        if len(kinds) > 1:
+            for row in rows:
+                value = row.get(key)
+                if value is not None and not isinstance(value, str):
+                    row[key] = json.dumps(value)
+            changed = True
+    return changed
 
 
 def _kind(value: Any) -> str | None:
@@ -458,6 +478,8 @@ def _first_inconsistent(rows: list[dict]) -> tuple[int, str, str] | None:
             if key == "responses" and kind == "a list" and any(not isinstance(v, (str, list)) for v in value):
                 bad = next(v for v in value if not isinstance(v, (str, list)))
                 return i, key, f"expected a list of texts (strings or message lists), got an item {short(bad)}"
+            if key in ("chosen_length", "rejected_length") and kind != "a number":
+                return i, key, f"expected a non-negative number (a declared length), got {short(value)}"
             if key == "ranking" and isinstance(value, list) and any(_kind(v) not in (None, "a number") for v in value):
                 return i, key, f"expected a list of integer ranks, got {short(value)}"
             if isinstance(value, list) and len({_kind(v) for v in value} - {None}) > 1:
