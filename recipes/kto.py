@@ -43,9 +43,10 @@ def main(argv=None):
     model = recipe.load_model(model_args, training_args)
     train_ds, eval_ds = recipe.load_datasets(args, method="kto", seed=training_args.seed)
     if kto_args.class_weights == "auto":
-        training_args.desirable_weight, training_args.undesirable_weight = dataset_builders.kto_class_weights(train_ds)
-        logger.info("KTO class weights: desirable %.3g, undesirable %.3g", training_args.desirable_weight,
-                    training_args.undesirable_weight)  # fmt: skip
+        classes = dataset_builders.kto_class_weights(train_ds)
+        training_args.desirable_weight = classes["desirable_weight"]
+        training_args.undesirable_weight = classes["undesirable_weight"]
+        logger.info("KTO classes and weights: %s", classes)
     trainer = KTOTrainer(
         model=model,
         ref_model=None,  # PEFT: base with adapters disabled; full fine-tuning: TRL loads a frozen copy
