@@ -118,6 +118,7 @@ class RecipeArguments:
     )
     # Filled in by `parse`, not flags: the user's push wish (taken off the training arguments) and the command.
     push_to_hub: bool = field(default=False, init=False)
+    hub_token: str | None = field(default=None, init=False, repr=False)
     command: str = field(default="", init=False)
 
     def __post_init__(self):
@@ -156,6 +157,8 @@ def parse(parser: TrlParser, argv: Sequence[str] | None = None, script: str | No
     # Push once at the end, from `finish`, never from inside `Trainer` (which would push every checkpoint).
     recipe_args.push_to_hub = bool(training_args.push_to_hub)
     training_args.push_to_hub = False
+    # A --hub_token flag would otherwise be pickled into training_args.bin (which is uploaded) and checkpoints.
+    recipe_args.hub_token, training_args.hub_token = training_args.hub_token, None
     if recipe_args.push_to_hub and not model_args.use_peft and recipe_args.merge_adapter:
         logger.warning("merge_adapter has no effect without use_peft: the full model is saved and pushed as is.")
 
@@ -477,7 +480,7 @@ def finish(
         if folder != output_dir:
             (folder / "README.md").write_text(card)
         if recipe_args.push_to_hub:
-            push_to_hub(folder, repo_id=hub_repo_id(args), private=args.hub_private_repo, token=args.hub_token)
+            push_to_hub(folder, repo_id=hub_repo_id(args), private=args.hub_private_repo, token=recipe_args.hub_token)
     elif recipe_args.merge_adapter and is_adapter:
         folder = output_dir / "merged"
     trainer.accelerator.wait_for_everyone()
