@@ -10,11 +10,12 @@ from typing import Any
 import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
+from datasets.fingerprint import generate_random_fingerprint
 
 from .convert import METHODS, PAIR_STRATEGIES, Refusal, convert, harmonize
 from .errors import DataError
-from .readers import Source, read
-from .shapes import ALL_SHAPES, PAIR_SHAPES, detect_columns, first_row, is_messages_type, validate
+from .readers import Source, StreamFailed, read
+from .shapes import ALL_SHAPES, IMPORT_FORMATS, PAIR_SHAPES, detect_columns, first_row, is_messages_type, validate
 
 logger = logging.getLogger("dataset_builders")
 
@@ -87,8 +88,7 @@ def detect(source: Any) -> str:
     """The shape of `source` from its fields: one of pairwise_ab, pairs, pairs_with_lengths, binary,
     pairs_sft_target, ranked; or hh_rlhf / ultrafeedback (public formats `load` imports); or prompt_completion,
     messages, prompts (what SFT / PPO take directly)."""
-    src = read(source)
-    return _resolve_shape(src, None)
+    return _resolve_shape(read(source, stream=True), None)  # a streamed file: its first block is enough
 
 
 def load_with_report(
@@ -99,38 +99,53 @@ def load_with_report(
     if method is not None and method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     on_error = options.get("on_error") or "raise"
-    src = read(source, on_error=on_error, split=options.get("split"))
+    try:
+        src = read(source, on_error=on_error, split=options.get("split"), stream=True)
+        return _load(src, method, shape, options)
+    except StreamFailed as failure:  # a later block of a JSONL file: start again on the whole-file path
+        logger.debug("streaming %s stopped (%s); reading it whole", source, failure)
+        return _load(read(source, on_error=on_error, split=options.get("split")), method, shape, options)
+
+
+def _load(
+    src: Source, method: str | None, shape: str | None, options: dict[str, Any]
+) -> tuple[datasets.Dataset, LoadReport]:
+    on_error = options.get("on_error") or "raise"
     shape = _resolve_shape(src, shape)
-    report = LoadReport(source=src.name, shape=shape, method=method, rows_in=src.table.num_rows + len(src.dropped))
+    report = LoadReport(source=src.name, shape=shape, method=method)
+    outputs = []
+    for piece in src.pieces():  # one piece, or the blocks of a streamed JSONL file, in order
+        report.rows_in += piece.table.num_rows + len(piece.dropped)
+        piece_shape = shape
+        if shape in IMPORT_FORMATS:
+            from .importers import import_source
 
-    if shape in ("hh_rlhf", "ultrafeedback"):
-        from .importers import import_source
-
-        src, shape = import_source(src, shape, options)
-    src = _implicit_prompt(src, shape)
-    checked = validate(
-        src,
-        shape,
-        on_error=on_error,
-        allow_ties=bool(options.get("allow_ties")),
-        ranking_format=options.get("ranking_format") or "ranks",
-    )
-    report.dropped, report.problems = checked.dropped, checked.problems
-    if checked.dropped:
-        logger.warning(
-            "%s: dropped %d invalid row(s) (on_error='drop'); first: %s",
-            src.name,
-            checked.dropped,
-            checked.problems[0],
+            piece, piece_shape = import_source(piece, shape, options)
+        piece = _implicit_prompt(piece, piece_shape)
+        checked = validate(
+            piece,
+            piece_shape,
+            on_error=on_error,
+            allow_ties=bool(options.get("allow_ties")),
+            ranking_format=options.get("ranking_format") or "ranks",
         )
-
-    table = harmonize(checked.table, conversational=bool(options.get("conversational")))
-    if method is not None:
-        try:
-            table = convert(table, shape, method, options, src.name, report.skipped)
-        except Refusal as refusal:
-            raise DataError(src.name, str(refusal)) from None
-    dataset = datasets.Dataset(table)
+        report.dropped += checked.dropped
+        report.problems += checked.problems[: max(0, 20 - len(report.problems))]
+        table = harmonize(checked.table, conversational=bool(options.get("conversational")))
+        if method is not None:
+            try:
+                table = convert(table, piece_shape, method, options, src.name, report.skipped)
+            except Refusal as refusal:
+                raise DataError(src.name, str(refusal)) from None
+        outputs.append(table)
+    if report.dropped:
+        logger.warning(
+            "%s: dropped %d invalid row(s) (on_error='drop'); first: %s", src.name, report.dropped, report.problems[0]
+        )
+    table = outputs[0] if len(outputs) == 1 else pa.concat_tables(outputs, promote_options="permissive")
+    # datasets would hash the whole table for a fingerprint (a copy, and seconds for a million rows); the rows
+    # live in memory, so no cache file is keyed on it and a random one is what datasets itself falls back to.
+    dataset = datasets.Dataset(table, fingerprint=generate_random_fingerprint())
     if method == "kto" and "chosen" in table.column_names:
         from trl.data_utils import unpair_preference_dataset
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -92,7 +93,7 @@ def import_hh(src: Source, conversational: bool) -> Source:
         chosens.append(c_part)
         rejecteds.append(r_part)
     table = pa.table({"prompt": prompts, "chosen": chosens, "rejected": rejecteds})
-    return Source(src.name, table, unit=src.unit, line_numbers=src.line_numbers, path=src.path, dropped=src.dropped)
+    return replace(src, table=table)
 
 
 _SCORE_KEYS = ("overall_score", "score", "rating", "fine-grained_score")
@@ -146,7 +147,7 @@ def import_scored(src: Source, score_key: str | None) -> Source:
     out = pa.table(
         {"prompt": prompts, "responses": responses, "ranking": pa.array(rankings, type=pa.list_(pa.int64()))}
     )
-    return Source(src.name, out, unit=src.unit, line_numbers=src.line_numbers, path=src.path, dropped=src.dropped)
+    return replace(src, table=out)
 
 
 def import_source(src: Source, shape: str, options: dict[str, Any]) -> tuple[Source, str]:
@@ -180,4 +181,4 @@ def extract_implicit_prompt(src: Source) -> Source:
     out = pa.concat_tables(pieces, promote_options="permissive")
     for name, column in rest.items():
         out = out.append_column(name, column)
-    return Source(src.name, out, unit=src.unit, line_numbers=src.line_numbers, path=src.path, dropped=src.dropped)
+    return replace(src, table=out)

@@ -15,7 +15,8 @@ import logging
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +48,21 @@ _SUFFIXES = {
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _JSONL_BLOCK_SIZE = 8 << 20  # Arrow reads JSONL in blocks; one row must fit in a block.
+STREAM_BLOCK_SIZE = 1 << 20  # streamed JSONL: small blocks keep peak memory near the size of the result
+
+
+class StreamFailed(Exception):
+    """Arrow's streaming JSONL reader refused a later block (a field changed type, malformed JSON): the caller
+    starts again on the whole-file path, which names the line at fault."""
 
 
 @dataclass
 class Source:
     """A source read into Arrow.
 
-    `line_numbers`, when set, gives the 1-based line (or row) of each table row; for JSONL read by Arrow it
-    is computed only when an error needs it (`locate`), by one scan of the file.
+    `table` holds the rows (for a streamed JSONL file: the first block only; `pieces()` yields the rest, so a
+    large file is never in memory twice). `line_numbers`, when set, gives the 1-based line (or row) of each row;
+    for JSONL read by Arrow it is computed only when an error needs it (`locate`), by one scan of the file.
     """
 
     name: str
@@ -63,24 +71,49 @@ class Source:
     line_numbers: np.ndarray | None = None
     path: Path | None = None
     dropped: list[str] = field(default_factory=list)  # messages for rows dropped while reading (on_error="drop")
+    offset: int = 0  # index of this piece's first row in the whole source
+    rest: Iterator[pa.RecordBatch] | None = field(default=None, repr=False)
+    _line_cache: dict = field(default_factory=dict, repr=False)  # shared by the pieces of one source
 
     def locate(self, index: int) -> int:
-        if self.line_numbers is None and self.unit == "line" and self.path is not None:
-            self.line_numbers = _jsonl_line_numbers(self.path)
+        index += self.offset
         if self.line_numbers is not None:
             return int(self.line_numbers[index])
+        if self.unit == "line" and self.path is not None:
+            if "lines" not in self._line_cache:
+                self._line_cache["lines"] = _jsonl_line_numbers(self.path)
+            return int(self._line_cache["lines"][index])
         return index + 1
 
     def error(self, reason: str, index: int | None = None, field: str | None = None) -> DataError:
         row = None if index is None else self.locate(index)
         return DataError(self.name, reason, row=row, field=field, unit=self.unit)
 
+    def pieces(self) -> Iterator[Source]:
+        """This source in pieces of rows, in order (one piece unless it is a streamed file)."""
+        yield replace(self, rest=None)
+        if self.rest is None:
+            return
+        offset = self.table.num_rows
+        while True:
+            try:
+                batch = next(self.rest)
+            except StopIteration:
+                return
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as e:
+                raise StreamFailed(str(e)) from None
+            yield replace(self, table=pa.Table.from_batches([batch]), offset=offset, rest=None, dropped=[])
+            offset += batch.num_rows
+
 
 # --- entry point ------------------------------------------------------------------------------------------------
 
 
-def read(source: Any, on_error: str = "raise", split: str | None = None) -> Source:
-    """Read `source` (path, list of dicts, `datasets.Dataset`/`DatasetDict`, or Hub id) into a `Source`."""
+def read(source: Any, on_error: str = "raise", split: str | None = None, stream: bool = False) -> Source:
+    """Read `source` (path, list of dicts, `datasets.Dataset`/`DatasetDict`, or Hub id) into a `Source`.
+
+    With `stream=True` a JSONL file is read block by block (`Source.pieces`); the caller must be ready for
+    `StreamFailed` and read again with `stream=False`."""
     import datasets
 
     if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
@@ -109,6 +142,10 @@ def read(source: Any, on_error: str = "raise", split: str | None = None) -> Sour
             "unknown file type; expected .json, .jsonl, .jsonc, .csv or .parquet (optionally .gz), "
             "or a save_to_disk folder",
         )
+    if kind == "jsonl" and stream:
+        streamed = _stream_jsonl(path, name)
+        if streamed is not None:
+            return streamed
     reader = {
         "jsonl": _read_jsonl,
         "json": _read_json,
@@ -161,6 +198,17 @@ def _read_jsonl(path: Path, name: str, on_error: str) -> Source:
         source = _rows_to_source(rows, name, "line", np.asarray(lines, dtype=np.int64), on_error, path=path)
         source.dropped[:0] = dropped
         return source
+
+
+def _stream_jsonl(path: Path, name: str) -> Source | None:
+    """The first block of a JSONL file as the table, the rest as a stream; None if Arrow refuses the start."""
+    try:
+        stream = pa.input_stream(str(path), compression="gzip" if _is_gz(path) else None)
+        reader = pa_json.open_json(stream, read_options=pa_json.ReadOptions(block_size=STREAM_BLOCK_SIZE))
+        first = reader.read_next_batch()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError, StopIteration):
+        return None
+    return Source(name, pa.Table.from_batches([first]), unit="line", path=path, rest=iter(reader))
 
 
 def _parse_jsonl_lines(path: Path, name: str, on_error: str) -> tuple[list[dict], list[int], list[str]]:
@@ -494,4 +542,4 @@ def _first_inconsistent(rows: list[dict]) -> tuple[int, str, str] | None:
     return None
 
 
-__all__ = ["Source", "read", "TEXT_FIELDS"]
+__all__ = ["Source", "StreamFailed", "read", "TEXT_FIELDS"]
