@@ -1,6 +1,6 @@
 """The recipes end to end on the tiny model, in-process on a CPU: train, save, card; QLoRA; resume; NaN guard; merge.
 
-Slow tier: "does it learn" (held-out implicit-reward accuracy on the ToyTask test split) and a 2-process
+Also "does it learn" (held-out implicit-reward accuracy on the ToyTask test split) and a 2-process
 `accelerate launch` run of the DPO recipe.
 """
 
@@ -19,6 +19,9 @@ from safetensors.torch import load_file
 from trl_ext import recipe
 from trl_ext.synthetic import ToyTask
 from trl_ext.tiny import TINY_MODEL_ID, resolve_model_name
+
+# Every test here trains the tiny model: the "tiny-model training" tier (`make test-slow`), as STYLE.md lays out.
+pytestmark = pytest.mark.slow
 
 METHODS = ["sft", "reward", "dpo", "kto", "orpo"]
 PAPERS = {"sft": "2203.02155", "reward": "2203.02155", "dpo": "2305.18290", "kto": "2402.01306", "orpo": "2403.07691"}
@@ -75,19 +78,6 @@ def test_qlora_on_cpu_trains_lora_on_a_4bit_nf4_double_quantized_base(tmp_path, 
     cfg = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     linear = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert {name.rsplit(".", 1)[-1] for name in cfg["target_modules"]} == linear  # all linear layers, not lm_head
-
-
-def test_load_model_4bit_is_nf4_with_double_quantization():
-    parser = recipe.make_parser(load_recipe("dpo").DPOConfig)
-    _, training_args, model_args = parser.parse_args_and_config(
-        ["--model_name_or_path", TINY_MODEL_ID, "--load_in_4bit", "true", "--use_bnb_nested_quant", "true",
-         "--use_peft", "true", "--use_cpu", "true", "--gradient_checkpointing", "false", "--output_dir", "/tmp/x"]
-    )  # fmt: skip
-    model = recipe.load_model(model_args, training_args)
-    weight = model.model.layers[0].mlp.down_proj.weight
-    assert type(weight).__name__ == "Params4bit" and weight.quant_type == "nf4" and weight.quant_state.nested
-    assert weight.quant_state.dtype == torch.float32  # compute dtype follows `dtype` (bfloat16 in the GPU configs)
-    assert model.model.norm.weight.dtype == torch.float32  # k-bit preparation: norms in fp32
 
 
 def test_merge_adapter_writes_a_16bit_model_equal_to_base_plus_adapter(tmp_path):
@@ -208,7 +198,6 @@ def test_preference_methods_learn_the_toy_rule(method, n_train, threshold, tmp_p
     assert accuracy >= threshold, f"{method}: held-out implicit-reward accuracy {accuracy:.3f} < {threshold}"
 
 
-@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_dpo_two_process_cpu_run_through_accelerate_launch_trains_and_saves_once(tmp_path):
     """`accelerate launch` with 2 CPU processes (gloo): both train on their shard; only the main process saves."""

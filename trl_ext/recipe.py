@@ -182,9 +182,9 @@ def format_command(argv: Sequence[str], script: str) -> str:
     for i, arg in enumerate(argv):
         for flag in _SECRET_FLAGS:
             if arg == flag and i + 1 < len(argv):
-                argv[i + 1] = "***"
+                argv[i + 1] = "REDACTED"
             elif arg.startswith(flag + "="):
-                argv[i] = flag + "=***"
+                argv[i] = flag + "=REDACTED"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         launcher = (
