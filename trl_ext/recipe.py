@@ -227,6 +227,11 @@ def model_path(model_args: ModelConfig) -> str:
     return resolve_model_name(model_args.model_name_or_path)
 
 
+def trust_remote_code(training_args: TrainingArguments) -> bool:
+    """The config's `trust_remote_code` (TRL configs have it, default False); False for configs without the field."""
+    return bool(getattr(training_args, "trust_remote_code", False))
+
+
 def load_tokenizer(model_args: ModelConfig, training_args: TrainingArguments) -> PreTrainedTokenizerBase:
     """The model's tokenizer; gets a pad token (EOS) if it has none, as batched training needs one."""
     from transformers import AutoTokenizer
@@ -234,7 +239,7 @@ def load_tokenizer(model_args: ModelConfig, training_args: TrainingArguments) ->
     tokenizer = AutoTokenizer.from_pretrained(
         model_path(model_args),
         revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
+        trust_remote_code=trust_remote_code(training_args),
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -279,7 +284,7 @@ def load_model(
         revision=model_args.model_revision,
         dtype=_torch_dtype(model_args.dtype),
         attn_implementation=model_args.attn_implementation,
-        trust_remote_code=training_args.trust_remote_code,
+        trust_remote_code=trust_remote_code(training_args),
     )
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
@@ -507,7 +512,7 @@ def merge_adapter(
     peft_config = PeftConfig.from_pretrained(str(adapter_dir))
     auto = AutoModelForSequenceClassification if peft_config.task_type == "SEQ_CLS" else AutoModelForCausalLM
     kwargs: dict[str, Any] = dict(
-        revision=model_args.model_revision, dtype=dtype, trust_remote_code=training_args.trust_remote_code
+        revision=model_args.model_revision, dtype=dtype, trust_remote_code=trust_remote_code(training_args)
     )
     if auto is AutoModelForSequenceClassification:
         from transformers import AutoConfig
