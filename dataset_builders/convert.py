@@ -65,7 +65,8 @@ def harmonize(table: pa.Table, conversational: bool = False) -> pa.Table:
     strings as messages too (prompt -> user, completions -> assistant), so the result is valid conversational
     TRL data rather than a mix TRL would reject. `sft_target` keeps its "chosen"/"rejected" keywords."""
     text_columns = [c for c in table.column_names if c == "prompt" or c in _COMPLETION_COLUMNS or c == "responses"]
-    if not conversational and not any(_is_conversational_column(table.column(c)) for c in text_columns):
+    triggers = text_columns + (["sft_target"] if "sft_target" in table.column_names else [])
+    if not conversational and not any(_is_conversational_column(table.column(c)) for c in triggers):
         return table
     for name in text_columns:
         column = table.column(name)

@@ -461,12 +461,14 @@ def _rows_to_source(rows: list, name: str, unit: str, numbers: Any, on_error: st
                 coerced = True
                 if _labels_to_strings(rows):
                     continue
-            bad = _first_inconsistent(rows)
-            if bad is None:
+            bad = _inconsistent_rows(rows)
+            if not bad:
                 raise DataError(name, f"cannot build a table from the rows ({arrow_error})") from None
-            i, field_name, reason = bad
-            reject(i, reason, field_name)
-            del rows[i], numbers[i]
+            for i, field_name, reason in bad:  # raises at the first unless on_error="drop"
+                reject(i, reason, field_name)
+            drop = {i for i, _, _ in bad}
+            rows = [row for i, row in enumerate(rows) if i not in drop]
+            numbers = [n for i, n in enumerate(numbers) if i not in drop]
     return Source(name, table, unit=unit, line_numbers=np.asarray(numbers, dtype=np.int64), path=path, dropped=dropped)
 
 
@@ -507,38 +509,48 @@ def _kind(value: Any) -> str | None:
     return type(value).__name__
 
 
-def _first_inconsistent(rows: list[dict]) -> tuple[int, str, str] | None:
-    """The first row whose field holds a different kind of value than the rest of the column (Arrow's columns
-    hold one type), with a reason. Text fields must be strings or message lists."""
+def _inconsistent_rows(rows: list[dict]) -> list[tuple[int, str, str]]:
+    """Each row (index, field, reason) whose field holds a value Arrow cannot put in one column with the rest:
+    text that is not a string or message list, or a different kind of value than the rest of the column."""
     kinds: dict[str, Counter] = {}
     for row in rows:
         for key, value in row.items():
             kind = _kind(value)
             if kind is not None:
                 kinds.setdefault(key, Counter())[kind] += 1
+    usual = {}
+    for key, counts in kinds.items():
+        if key in TEXT_FIELDS:
+            counts = Counter({k: n for k, n in counts.items() if k in ("a string", "a message list")}) or counts
+        usual[key] = counts.most_common(1)[0][0]
+    found = []
     for i, row in enumerate(rows):
         for key, value in row.items():
-            kind = _kind(value)
-            if kind is None:
-                continue
-            if key in TEXT_FIELDS and kind not in ("a string", "a message list"):
-                return i, key, f"expected text (a string or a message list), got {short(value)}"
-            if key == "responses" and kind == "a list" and any(not isinstance(v, (str, list)) for v in value):
-                bad = next(v for v in value if not isinstance(v, (str, list)))
-                return i, key, f"expected a list of texts (strings or message lists), got an item {short(bad)}"
-            if key in ("chosen_length", "rejected_length") and kind != "a number":
-                return i, key, f"expected a non-negative number (a declared length), got {short(value)}"
-            if key == "ranking" and isinstance(value, list) and any(_kind(v) not in (None, "a number") for v in value):
-                return i, key, f"expected a list of integer ranks, got {short(value)}"
-            if isinstance(value, list) and len({_kind(v) for v in value} - {None}) > 1:
-                mixed = " and ".join(sorted({_kind(v) for v in value} - {None}))
-                return i, key, f"a list mixing {mixed}: {short(value)}"
-            counts = kinds[key]
-            if key in TEXT_FIELDS:
-                counts = Counter({k: n for k, n in counts.items() if k in ("a string", "a message list")})
-            usual = counts.most_common(1)[0][0]
-            if kind != usual and not (kind == "a list" and usual.startswith("a list")):
-                return i, key, f"{kind} here but {usual} in other rows ({short(value)}); use one form per field"
+            reason = _value_problem(key, value, usual.get(key))
+            if reason is not None:
+                found.append((i, key, reason))
+                break
+    return found
+
+
+def _value_problem(key: str, value: Any, usual: str | None) -> str | None:
+    kind = _kind(value)
+    if kind is None:
+        return None
+    if key in TEXT_FIELDS and kind not in ("a string", "a message list"):
+        return f"expected text (a string or a message list), got {short(value)}"
+    if key == "responses" and kind == "a list" and any(not isinstance(v, (str, list)) for v in value):
+        bad = next(v for v in value if not isinstance(v, (str, list)))
+        return f"expected a list of texts (strings or message lists), got an item {short(bad)}"
+    if key in ("chosen_length", "rejected_length") and kind != "a number":
+        return f"expected a non-negative number (a declared length), got {short(value)}"
+    if key == "ranking" and isinstance(value, list) and any(_kind(v) not in (None, "a number") for v in value):
+        return f"expected a list of integer ranks, got {short(value)}"
+    if isinstance(value, list) and len({_kind(v) for v in value} - {None}) > 1:
+        mixed = " and ".join(sorted({_kind(v) for v in value} - {None}))
+        return f"a list mixing {mixed}: {short(value)}"
+    if usual is not None and kind != usual and not (kind == "a list" and usual.startswith("a list")):
+        return f"{kind} here but {usual} in other rows ({short(value)}); use one form per field"
     return None
 
 

@@ -196,6 +196,16 @@ def test_sft_target_literal_in_conversational_data_becomes_a_message():
     assert load(rows, method="orpo")[0]["chosen"] == [{"role": "assistant", "content": "Better."}]
 
 
+def test_sft_target_as_messages_makes_the_pair_conversational():
+    rows = [
+        {"prompt": "q", "chosen": "C", "rejected": "R", "sft_target": [{"role": "assistant", "content": "Better."}]}
+    ]
+    assert load(rows, method="orpo").to_list() == [
+        {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "Better."}],
+         "rejected": [{"role": "assistant", "content": "R"}]}
+    ]  # fmt: skip
+
+
 def test_ipo_lengths():
     with pytest.raises(DataError, match="ipo needs chosen_length and rejected_length.*length_source='chars'"):
         load(PAIRS, method="ipo")
