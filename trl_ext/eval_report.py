@@ -1,0 +1,222 @@
+"""Reports of an evaluation: metrics.json, metrics.md (a Markdown table), PNG histograms, and the model-card section.
+
+Plots use matplotlib's Agg backend (no display needed; `pip install trl-ext[plots]`). Each histogram overlays
+*before* (the reference: the base model, adapters off) and *after* (the trained policy):
+
+- ``reward_margin.png``: per held-out pair, the log-likelihood margin ``log pi(chosen) - log pi(rejected)`` of the
+  reference and of the policy (their difference is the implicit-reward margin);
+- ``length.png``: the length of generations of the reference and of the policy on the evaluation prompts;
+- ``score.png``: reward-model (or scoring-function) scores of those generations, when there is a scorer.
+
+Example:
+    >>> from trl_ext import evaluation, eval_report
+    >>> report = evaluation.evaluate_policy(model, tokenizer, pairs=pairs, prompts=prompts)
+    >>> files = eval_report.write_report(report, "eval-out")
+    >>> eval_report.update_model_card("my-adapter/README.md", report["metrics"], files["figures"], relative_to="my-adapter")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+CARD_BEGIN = "<!-- trl-ext evaluation: begin -->"
+CARD_END = "<!-- trl-ext evaluation: end -->"
+
+# metric name -> what it means (rows of the Markdown table, in this order; unknown metrics follow, sorted)
+DESCRIPTIONS: dict[str, str] = {
+    "preference_accuracy": "held-out pairs: implicit reward log pi/pi_ref (sum) ranks chosen above rejected",
+    "preference_accuracy_mean": "the same with the per-token mean log-ratio",
+    "likelihood_accuracy": "policy alone: mean token log-prob of chosen > rejected",
+    "reference_likelihood_accuracy": "reference alone (before training): mean token log-prob of chosen > rejected",
+    "reward_margin": "mean implicit-reward margin, chosen - rejected (nats)",
+    "chosen_reward": "mean implicit reward of chosen completions (nats)",
+    "rejected_reward": "mean implicit reward of rejected completions (nats)",
+    "label_auc": "labelled data: P(implicit reward of a good completion > a bad one)",
+    "good_reward": "mean implicit reward of good completions (nats)",
+    "bad_reward": "mean implicit reward of bad completions (nats)",
+    "reward_model_accuracy": "reward model: pairwise accuracy on the held-out pairs",
+    "reward_model_margin": "reward model: mean score margin, chosen - rejected",
+    "win_rate": "policy generation scores above the reference generation (ties 1/2)",
+    "score_mean": "mean score of policy generations",
+    "reference_score_mean": "mean score of reference generations",
+    "kl_per_token": "KL(pi || pi_ref) per generated token, on the policy's samples (nats)",
+    "kl_per_sequence": "KL(pi || pi_ref) per generation (nats)",
+    "length_mean": "mean length of policy generations",
+    "reference_length_mean": "mean length of reference generations",
+    "length_median": "median length of policy generations",
+    "reference_length_median": "median length of reference generations",
+    "finished_fraction": "policy generations that ended with EOS",
+    "n_pairs": "held-out pairs evaluated",
+}
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.0f}" if value.is_integer() and abs(value) < 1e6 else f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(metrics: Mapping[str, Any], descriptions: Mapping[str, str] = DESCRIPTIONS) -> str:
+    """A `| metric | value | meaning |` table: the described metrics first (in `DESCRIPTIONS` order), then the rest."""
+    known = [k for k in descriptions if k in metrics]
+    rest = sorted(k for k in metrics if k not in descriptions)
+    lines = ["| metric | value | meaning |", "|---|---|---|"]
+    lines += [f"| {k} | {format_value(metrics[k])} | {descriptions.get(k, '')} |" for k in known + rest]
+    return "\n".join(lines)
+
+
+def _histogram(path: Path, series: Mapping[str, Sequence[float]], title: str, xlabel: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = [v for xs in series.values() for v in xs if math.isfinite(v)]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    if values:
+        lo, hi = min(values), max(values)
+        if lo == hi:
+            lo, hi = lo - 0.5, hi + 0.5
+        bins = [lo + (hi - lo) * i / 30 for i in range(31)]
+        for (label, xs), color in zip(series.items(), ("#9e9e9e", "#1f77b4", "#d62728")):
+            xs = [x for x in xs if math.isfinite(x)]
+            mean = sum(xs) / len(xs) if xs else float("nan")
+            ax.hist(xs, bins=bins, alpha=0.55, label=f"{label} (mean {mean:.3g})", color=color)
+            ax.axvline(mean, color=color, linestyle="--", linewidth=1)
+        ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_distributions(distributions: Mapping[str, Sequence[float]], out_dir: str | Path) -> dict[str, Path]:
+    """Before/after histograms for the distributions `evaluation.evaluate_policy` returns. Returns name -> PNG path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    d = distributions
+    figures: dict[str, Path] = {}
+    if "margin_after" in d:
+        series = {"before (reference)": d["margin_before"]} if "margin_before" in d else {}
+        series["after (policy)"] = d["margin_after"]
+        figures["reward_margin"] = _histogram(
+            out_dir / "reward_margin.png",
+            series,
+            "Held-out pairs: log-likelihood margin, chosen - rejected",
+            "log pi(chosen) - log pi(rejected)  (nats)",
+        )
+    if "length_after" in d:
+        series = {"before (reference)": d["length_before"]} if "length_before" in d else {}
+        series["after (policy)"] = d["length_after"]
+        figures["length"] = _histogram(out_dir / "length.png", series, "Length of generations", "length")
+    if "score_after" in d:
+        series = {"before (reference)": d["score_before"]} if "score_before" in d else {}
+        series["after (policy)"] = d["score_after"]
+        figures["score"] = _histogram(out_dir / "score.png", series, "Score of generations", "score")
+    return figures
+
+
+def write_report(
+    report: Mapping[str, Any], out_dir: str | Path, *, plots: bool = True, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write ``metrics.json`` (metrics, distributions, samples and `extra`), ``metrics.md`` and the PNG histograms.
+
+    Returns ``{"json": path, "markdown": path, "figures": {name: path}}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = dict(report.get("metrics", {}))
+    figures = plot_distributions(report.get("distributions", {}), out_dir) if plots else {}
+    payload = {**(extra or {}), **{k: v for k, v in report.items()}}
+    json_path = out_dir / "metrics.json"
+    json_path.write_text(json.dumps(payload, indent=2, default=str, allow_nan=True) + "\n")
+    md = ["# Evaluation", ""]
+    for key, value in (extra or {}).items():
+        if isinstance(value, (str, int, float)):
+            md.append(f"- {key}: `{value}`")
+    md += ["", markdown_table(metrics), ""]
+    for name, path in figures.items():
+        md += [f"![{name}]({path.name})", ""]
+    samples = report.get("samples") or []
+    if samples:
+        md += ["## Samples", "", "| prompt | reference | policy |", "|---|---|---|"]
+        for s in samples:
+            md.append(f"| {_cell(s.get('prompt'))} | {_cell(s.get('reference', ''))} | {_cell(s.get('policy', ''))} |")
+        md.append("")
+    md_path = out_dir / "metrics.md"
+    md_path.write_text("\n".join(md))
+    return {"json": json_path, "markdown": md_path, "figures": figures}
+
+
+def _cell(value: Any, limit: int = 120) -> str:
+    if isinstance(value, list):  # chat messages
+        value = " / ".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
+    text = str(value).replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def card_section(metrics: Mapping[str, Any], figures: Mapping[str, str | Path], *, relative_to: str | Path | None = None, title: str = "Evaluation") -> str:  # fmt: skip
+    """The model-card section: the metrics table and the figures (paths relative to the card's folder)."""
+    lines = [CARD_BEGIN, f"## {title}", "", markdown_table(metrics), ""]
+    for name, path in figures.items():
+        p = Path(path)
+        if relative_to is not None:
+            p = Path(os.path.relpath(p.resolve(), Path(relative_to).resolve()))
+        lines += [f"![{name}]({p.as_posix()})", ""]
+    lines.append(CARD_END)
+    return "\n".join(lines)
+
+
+def update_model_card(
+    card_path: str | Path,
+    metrics: Mapping[str, Any],
+    figures: Mapping[str, str | Path],
+    *,
+    copy_figures: bool = True,
+    title: str = "Evaluation",
+) -> Path:
+    """Append (or replace) the evaluation section of the model card `card_path` (README.md; created if missing).
+
+    With `copy_figures` the PNGs are copied next to the card (into ``eval/``) so they travel with it to the Hub.
+    Running it again replaces the previous section instead of adding a second one.
+    """
+    import shutil
+
+    card_path = Path(card_path)
+    folder = card_path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    placed: dict[str, Path] = {}
+    for name, path in figures.items():
+        src = Path(path)
+        if copy_figures:
+            target = folder / "eval" / src.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if src.resolve() != target.resolve():
+                shutil.copyfile(src, target)
+            placed[name] = target
+        else:
+            placed[name] = src
+    section = card_section(metrics, placed, relative_to=folder, title=title)
+    text = card_path.read_text() if card_path.exists() else ""
+    if CARD_BEGIN in text and CARD_END in text:
+        head, rest = text.split(CARD_BEGIN, 1)
+        tail = rest.split(CARD_END, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
+    card_path.write_text(text)
+    return card_path
