@@ -252,7 +252,7 @@ def inspect(source: Any, shape: str | None = None, **options: Any) -> dict[str, 
     checked = validate(
         src,
         info.get("imported_as", shape),
-        collect=True,
+        on_error="drop",
         allow_ties=bool(options.get("allow_ties")),
         ranking_format=options.get("ranking_format") or "ranks",
     )
@@ -263,14 +263,7 @@ def inspect(source: Any, shape: str | None = None, **options: Any) -> dict[str, 
     if checked.dropped:
         info["problems_by_field"] = checked.problem_counts
     if info["valid_rows"] > 0:  # statistics and methods from the valid rows
-        valid = validate(
-            src,
-            info.get("imported_as", shape),
-            on_error="drop",
-            allow_ties=True,
-            ranking_format=options.get("ranking_format") or "ranks",
-        )
-        table = harmonize(valid.table, conversational=bool(options.get("conversational")))
+        table = harmonize(checked.table, conversational=bool(options.get("conversational")))
         from trl.data_utils import is_conversational
 
         info["conversational"] = is_conversational(first_row(table) or {})
@@ -293,6 +286,8 @@ def _length_stats(table: pa.Table) -> dict[str, dict[str, float]]:
 
     stats = {}
     for name in table.column_names:
+        if name in ("preference", "label", "ranking", "sft_target"):  # keywords and numbers, not text to measure
+            continue
         column = table.column(name)
         if name == "responses":
             stats["responses (count)"] = _summary(pc.list_value_length(column).to_numpy(zero_copy_only=False))
@@ -302,7 +297,7 @@ def _length_stats(table: pa.Table) -> dict[str, dict[str, float]]:
             continue
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or is_messages_type(column.type):
             stats[name + " (chars)"] = _summary(
-                text_lengths(pa.chunked_array([column]) if isinstance(column, pa.Array) else column, "").to_numpy()
+                text_lengths(pa.chunked_array([column]) if isinstance(column, pa.Array) else column).to_numpy()
             )
     return stats
 

@@ -240,7 +240,7 @@ def resolve_sft_target(table: pa.Table) -> pa.Table:
     return pa.table({"prompt": table.column("prompt"), "chosen": new_chosen, "rejected": new_rejected})
 
 
-def text_lengths(column: pa.ChunkedArray, source: str, tokenizer: Any = None) -> pa.Array:
+def text_lengths(column: pa.ChunkedArray, tokenizer: Any = None) -> pa.Array:
     """Length of each completion: characters (utf-8 code points) or, with a tokenizer, tokens (no special
     tokens). A message list counts the content of all its messages."""
     if tokenizer is None:
@@ -301,8 +301,8 @@ def with_lengths(table: pa.Table, shape: str, options: dict[str, Any], source: s
                 source, "length_source='tokens' needs tokenizer=<name or tokenizer object> (CLI: --tokenizer NAME)"
             )
         tokenizer = _tokenizer(options["tokenizer"])
-    columns["chosen_length"] = text_lengths(columns["chosen"], source, tokenizer)
-    columns["rejected_length"] = text_lengths(columns["rejected"], source, tokenizer)
+    columns["chosen_length"] = text_lengths(columns["chosen"], tokenizer)
+    columns["rejected_length"] = text_lengths(columns["rejected"], tokenizer)
     return pa.table(columns)
 
 

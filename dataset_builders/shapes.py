@@ -393,15 +393,11 @@ class Validated:
 
 
 def validate(
-    source: Source,
-    shape: str,
-    on_error: str = "raise",
-    allow_ties: bool = False,
-    ranking_format: str = "ranks",
-    collect: bool = False,
+    source: Source, shape: str, on_error: str = "raise", allow_ties: bool = False, ranking_format: str = "ranks"
 ) -> Validated:
-    """Check every row of `source` against `shape`; raise on the first bad row, or drop bad rows (on_error="drop"),
-    or only collect the problems (collect=True, used by `inspect`). Returns the canonical columns."""
+    """Check every row of `source` against `shape` and return the canonical columns: raise on the first bad row,
+    or with on_error="drop" leave the bad rows out and describe them (one message per row, the first 20 kept;
+    `problem_counts`: bad rows per field at fault)."""
     table = source.table
     if shape == "binary" and "response" not in table.column_names and "completion" in table.column_names:
         table = table.rename_columns(["response" if c == "completion" else c for c in table.column_names])
@@ -428,31 +424,26 @@ def validate(
         elif field == "ranking":
             ranking_checks, ranks = _ranking_checks(column, table.column("responses"), ranking_format)
             checks += ranking_checks
-        elif field == "messages":
-            checks += text_checks(column, field)
-        else:
+        else:  # text fields, `messages` included
             checks += text_checks(column, field)
 
     bad = np.zeros(table.num_rows, dtype=bool)
-    for check in checks:
+    counts: dict[str, int] = {"(unreadable)": len(source.dropped)} if source.dropped else {}
+    for check in checks:  # a row is counted once, under the first field at fault
+        new = check.bad & ~bad
+        if new.any():
+            counts[check.field] = counts.get(check.field, 0) + int(new.sum())
         bad |= check.bad
     problems: list[str] = list(source.dropped)
-    counts: dict[str, int] = {}
     if bad.any():
-        if on_error != "drop" and not collect:
+        if on_error != "drop":
             first = int(np.argmax(bad))
             check = next(c for c in checks if c.bad[first])
             raise source.error(check.reason(first), index=first, field=check.field)
-        for check in checks:
-            hits = np.flatnonzero(check.bad)
-            for i in hits[:20]:
-                problems.append(str(source.error(check.reason(int(i)), index=int(i), field=check.field)))
-            if len(hits):
-                key = f"{check.field}: {check.reason(int(hits[0])) if len(hits) == 1 else 'invalid'}"
-                counts[key] = counts.get(key, 0) + len(hits)
+        for i in np.flatnonzero(bad)[:20]:
+            check = next(c for c in checks if c.bad[i])
+            problems.append(str(source.error(check.reason(int(i)), index=int(i), field=check.field)))
     table = table.select(list(fields))
-    if collect:
-        return Validated(table, int(bad.sum()) + len(source.dropped), problems, counts)
     if bad.any():
         table = table.filter(pa.array(~bad))
         if ranks is not None:  # keep the flat ranks aligned with the kept rows

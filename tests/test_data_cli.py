@@ -49,6 +49,7 @@ def test_inspect_json_reports_every_problem(tmp_path, capsys):
             f"{path}: line 3, field 'response_a': empty",
         ]
     )
+    assert info["problems_by_field"] == {"(unreadable)": 1, "preference": 1, "response_a": 1}
     assert info["methods"]["reward"] == "yes"
     assert info["methods"]["kto"] == "yes"
 
