@@ -26,6 +26,8 @@ class PPOConfig(_BaseConfig):
 
         model_init_kwargs (`dict`, *optional*):
             Keyword arguments for `AutoModelForCausalLM.from_pretrained` when the trainer gets a model name.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow model repositories to run their own code when loading (as in TRL's configs).
         disable_dropout (`bool`, *optional*, defaults to `True`):
             Turn dropout off (LoRA dropout included), so the policy that sampled a rollout and the one first updated
             on it give the same log-probabilities (the PPO ratio starts at exactly 1).
@@ -51,6 +53,9 @@ class PPOConfig(_BaseConfig):
         reward_model_path (`str`, *optional*):
             A sequence-classification reward model (as `recipes/reward.py` writes: a full model or a LoRA adapter);
             read by `recipes/ppo.py`. The trainer itself takes a model or a callable.
+        reward_function (`str`, *optional*):
+            Instead of a reward model: the dotted import path of a rule-based reward in TRL's reward-function form
+            (e.g. `trl_ext.ppo.rewards.toy_quality`); read by `recipes/ppo.py`.
         missing_eos_penalty (`float`, *optional*):
             Subtracted from the score of a completion that never produced EOS (hit `max_completion_length`).
         whiten_rewards (`bool`, *optional*, defaults to `False`):
@@ -95,6 +100,9 @@ class PPOConfig(_BaseConfig):
     model_init_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is given by name."}
     )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow model repositories to run their own code (off unless you trust them)."}
+    )
     disable_dropout: bool = field(
         default=True, metadata={"help": "Turn dropout off so the first PPO ratio of a rollout is exactly 1."}
     )
@@ -116,6 +124,9 @@ class PPOConfig(_BaseConfig):
     # Reward
     reward_model_path: str | None = field(
         default=None, metadata={"help": "Sequence-classification reward model (full model or LoRA adapter folder)."}
+    )
+    reward_function: str | None = field(
+        default=None, metadata={"help": "Dotted path of a rule-based reward function, instead of a reward model."}
     )
     missing_eos_penalty: float | None = field(
         default=None, metadata={"help": "Subtracted from the score of a completion that never produced EOS."}

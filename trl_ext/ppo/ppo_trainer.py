@@ -285,7 +285,8 @@ class PPOTrainer(_BaseTrainer):
         )
         total = base + policy_adapter + reference + critic_head + reward
         # four models: the policy, a reference and a critic each with their own copy of the base, and the reward model
-        separate = (base + policy_adapter) + (reference if self.ref_model is not None else base) + base + reward
+        separate = (base + policy_adapter) + (reference if self.ref_model is not None else base) + base + critic_head
+        separate += reward
         return {
             "memory/base_bytes": base,
             "memory/policy_adapter_bytes": policy_adapter,

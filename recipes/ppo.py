@@ -1,0 +1,88 @@
+"""PPO (step 3 of RLHF; Schulman et al. 2017, Ouyang et al. 2022) with `trl_ext.PPOTrainer`: a policy (LoRA
+adapter), its reference (the same base with the adapter off), a critic (value head on the policy's trunk) and a
+reward model, trained on prompts.
+
+Data: any shape with a prompt (`prompts`, `pairwise_ab`, `pairs`, ...): only the prompts are used.
+Reward: `reward_model_path`, a sequence-classification model as `recipes/reward.py` writes it (full model, merged
+model or LoRA adapter), loaded with the policy's quantization; or `reward_function`, a rule-based reward.
+The whole pipeline (SFT -> reward model -> PPO) is one command: `python recipes/rlhf_pipeline.py`.
+
+    # offline, CPU, about a minute (the embedded tiny model and the toy task's rule as the reward):
+    accelerate launch recipes/ppo.py --config recipes/configs/ppo/tiny-cpu.yaml
+    # one 24 GB GPU, a 7B policy and a 7B reward model, both 4-bit NF4:
+    accelerate launch recipes/ppo.py --config recipes/configs/ppo/qlora-24gb.yaml \
+        --model_name_or_path my-sft-model --reward_model_path my-reward-model --dataset_path my_prompts.jsonl
+"""
+
+import os
+
+from trl_ext import recipe
+from trl_ext.ppo import PPOConfig, PPOTrainer
+from trl_ext.ppo.rewards import import_reward_function
+
+
+def make_parser():
+    return recipe.make_parser(PPOConfig)
+
+
+def load_reward_model(training_args, model_args):
+    """The reward: a rule-based function, or the reward model and its tokenizer, in the policy's quantization."""
+    import torch
+    from accelerate import PartialState
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import get_quantization_config
+
+    from trl_ext.tiny import resolve_model_name
+
+    if training_args.reward_function:
+        return import_reward_function(training_args.reward_function), None
+    if not training_args.reward_model_path:
+        raise ValueError("PPO needs reward_model_path (a model from recipes/reward.py) or reward_function")
+    path = resolve_model_name(training_args.reward_model_path)
+    is_adapter = os.path.exists(os.path.join(path, "adapter_config.json"))
+    base = path
+    if is_adapter:
+        from peft import PeftConfig
+
+        base = resolve_model_name(PeftConfig.from_pretrained(path).base_model_name_or_path)
+    quantization_config = get_quantization_config(model_args)
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    kwargs = {"num_labels": 1, "dtype": dtype, "trust_remote_code": training_args.trust_remote_code}
+    if quantization_config is not None:  # inference only: no k-bit training preparation (it upcasts to fp32)
+        quantization_config.bnb_4bit_compute_dtype = dtype
+        kwargs["quantization_config"] = quantization_config
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": PartialState().local_process_index}
+    model = AutoModelForSequenceClassification.from_pretrained(base, **kwargs)
+    if is_adapter:  # LoRA weights and the trained score head (saved as modules_to_save)
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, path)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def main(argv=None):
+    args, training_args, model_args = recipe.parse(make_parser(), argv, script=__file__)
+    tokenizer = recipe.load_tokenizer(model_args, training_args)
+    model = recipe.load_model(model_args, training_args)
+    reward_model, reward_tokenizer = load_reward_model(training_args, model_args)
+    train_ds, eval_ds = recipe.load_datasets(args, method="ppo", seed=training_args.seed)
+    trainer = PPOTrainer(
+        model=model,
+        reward_model=reward_model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        reward_processing_class=reward_tokenizer,
+        peft_config=recipe.lora_config(model_args),  # reference = this base with the adapter disabled
+        callbacks=recipe.callbacks(),
+    )
+    metrics = recipe.train(trainer)
+    return recipe.finish(
+        trainer, args, model_args, method="ppo", train_dataset=train_ds, eval_dataset=eval_ds, metrics=metrics
+    )
+
+
+if __name__ == "__main__":
+    main()
