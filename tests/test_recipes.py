@@ -7,6 +7,7 @@ Also "does it learn" (held-out implicit-reward accuracy on the ToyTask test spli
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -58,6 +59,7 @@ def test_recipe_trains_saves_and_writes_a_card(method, tmp_path, snapshot, tiny_
     card = (out / "README.md").read_text()
     assert PAPERS[method] in card and f'base_model: "{TINY_MODEL_ID}"' in card
     assert "Rows: 30 for training, 10 for evaluation" in card
+    assert re.search(rf"`[^`]+\.jsonl`: shape `\w+`, 40 rows read, 0 dropped as invalid, 40 rows for {method}", card)
     assert f"recipes/{method}.py --config" in card and "--max_steps 4" in card
     assert "| learning_rate | 0.0005 |" in card and "| lora_r | 16 |" in card
     assert "eval_loss" in card and "train_loss" in card and "- trl: 1.16" in card

@@ -120,6 +120,8 @@ class RecipeArguments:
     push_to_hub: bool = field(default=False, init=False)
     hub_token: str | None = field(default=None, init=False, repr=False)
     command: str = field(default="", init=False)
+    # Filled in by `load_datasets`: what dataset_builders read, dropped and left out (`LoadReport.to_dict()`).
+    data_reports: list = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self):
         if isinstance(self.dataset_options, str):
@@ -360,8 +362,14 @@ def load_datasets(
     if recipe_args.dataset_split != "train":
         options.setdefault("split", recipe_args.dataset_split)
 
+    recipe_args.data_reports = []
+
     def read(source: str):
-        return dataset_builders.load(source, method=method, shape=recipe_args.dataset_shape, **options)
+        dataset, report = dataset_builders.load_with_report(
+            source, method=method, shape=recipe_args.dataset_shape, **options
+        )
+        recipe_args.data_reports.append(report.to_dict())
+        return dataset
 
     train = read(recipe_args.dataset_path)
     if recipe_args.eval_dataset_path:
@@ -386,10 +394,21 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss, the gradient norm or a trainable weight became NaN/inf."""
 
 
+_STOPPED = "Stopped; nothing was saved as final or pushed. Try a lower learning_rate or max_grad_norm, or bf16 instead of fp16."
+
+
+def check_finite(logs: dict[str, Any] | None, step: int) -> None:
+    """Raise `NonFiniteLossError` if a loss or gradient norm in `logs` is NaN or inf."""
+    for key in ("loss", "train_loss", "grad_norm", "eval_loss"):
+        value = (logs or {}).get(key)
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            raise NonFiniteLossError(f"step {step}: {key} = {value}. {_STOPPED}")
+
+
 class NonFiniteLossCallback(TrainerCallback):
     """Stop a run whose loss, gradient norm or trainable weights became NaN or inf, with a clear error.
 
-    Checked after every optimizer step (trainable weights: cheap for an adapter) and at every log. The error is
+    Checked after every optimizer step (the trainable weights, with one device sync) and at every log. The error is
     raised before `Trainer` saves that step's checkpoint, and it propagates out of `train`, so a recipe never reaches
     `finish`: nothing is saved as final and nothing is pushed.
     """
@@ -397,24 +416,20 @@ class NonFiniteLossCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         import torch
 
-        if model is None:
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad] if model is not None else []
+        if not trainable:
             return
-        for name, param in model.named_parameters():
-            if param.requires_grad and not torch.isfinite(param.detach()).all():
-                raise NonFiniteLossError(
-                    f"step {state.global_step}: trainable weight {name} is NaN/inf (the loss or gradients diverged). "
-                    "Stopped; nothing was saved as final or pushed. Try a lower learning_rate, max_grad_norm, or "
-                    "bf16 instead of fp16."
-                )
+        device = trainable[0][1].device
+        finite = torch.stack([torch.isfinite(p.detach()).all().to(device) for _, p in trainable])
+        if not bool(finite.all()):
+            name = trainable[int((~finite).nonzero()[0, 0])][0]
+            raise NonFiniteLossError(
+                f"step {state.global_step}: trainable weight {name} is NaN/inf (the loss or gradients diverged). "
+                + _STOPPED
+            )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        for key in ("loss", "grad_norm", "eval_loss"):
-            value = (logs or {}).get(key)
-            if isinstance(value, (int, float)) and not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"step {state.global_step}: {key} = {value}. Stopped; nothing was saved as final or pushed. "
-                    "Try a lower learning_rate, max_grad_norm, or bf16 instead of fp16."
-                )
+        check_finite(logs, state.global_step)
 
 
 def callbacks() -> list[TrainerCallback]:
@@ -432,7 +447,7 @@ def train(trainer: Trainer) -> dict[str, float]:
         eval_metrics = trainer.evaluate()
         trainer.log_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
-    NonFiniteLossCallback().on_log(trainer.args, trainer.state, None, logs={"loss": metrics.get("train_loss", 0.0)})
+    check_finite(metrics, trainer.state.global_step)  # the run's mean loss too, before anything is saved
     return metrics
 
 
@@ -455,9 +470,7 @@ def finish(
     """
     args = trainer.args
     output_dir = Path(args.output_dir)
-    trainer.save_model(str(output_dir))
-    if trainer.processing_class is not None and trainer.accelerator.is_main_process:
-        trainer.processing_class.save_pretrained(str(output_dir))
+    trainer.save_model(str(output_dir))  # weights (adapter or full) and the tokenizer, from the main process
     trainer.accelerator.wait_for_everyone()
 
     from peft import PeftModel
@@ -620,6 +633,12 @@ def model_card(
         f"- Method: {name}. Paper: {paper}",
         f"- Base model: `{base}` ({quant})" + (", trained through a LoRA adapter" if model_args.use_peft else ""),
         f"- Data: `{dataset}`" + (f" (shape `{recipe_args.dataset_shape}`)" if recipe_args.dataset_shape else ""),
+        *(
+            f"  - `{r['source']}`: shape `{r['shape']}`, {r['rows_in']} rows read, {r['dropped']} dropped as invalid, "
+            f"{r['rows_out']} rows for {r['method']}"
+            + (f" (left out by the mapping: {r['skipped']})" if r.get("skipped") else "")
+            for r in recipe_args.data_reports
+        ),
         f"- Rows: {row_counts.get('train')} for training"
         + (f", {row_counts['eval']} for evaluation" if row_counts.get("eval") is not None else ", no evaluation set")
         + (f" (from `{recipe_args.eval_dataset_path}`)" if recipe_args.eval_dataset_path else ""),
