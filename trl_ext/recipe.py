@@ -161,8 +161,8 @@ def parse(parser: TrlParser, argv: Sequence[str] | None = None, script: str | No
     training_args.push_to_hub = False
     # A --hub_token flag would otherwise be pickled into training_args.bin (which is uploaded) and checkpoints.
     recipe_args.hub_token, training_args.hub_token = training_args.hub_token, None
-    if recipe_args.push_to_hub and not model_args.use_peft and recipe_args.merge_adapter:
-        logger.warning("merge_adapter has no effect without use_peft: the full model is saved and pushed as is.")
+    if recipe_args.merge_adapter and not model_args.use_peft:
+        logger.warning("merge_adapter has no effect without use_peft: the full model is saved (and pushed) as is.")
 
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout, force=False
@@ -295,7 +295,7 @@ def load_model(
             # places the shards, so no device_map.
             if model_args.bnb_4bit_quant_storage is None:
                 raise ValueError("QLoRA under FSDP or DeepSpeed ZeRO-3 needs bnb_4bit_quant_storage: bfloat16")
-        elif torch.cuda.is_available():
+        elif torch.cuda.is_available() and not training_args.use_cpu:
             # One full copy per process (single GPU, DDP), on this process's GPU.
             kwargs["device_map"] = {"": PartialState().local_process_index}
     if head == "seq-cls":
@@ -528,10 +528,7 @@ def merge_adapter(
         revision=model_args.model_revision, dtype=dtype, trust_remote_code=trust_remote_code(training_args)
     )
     if auto is AutoModelForSequenceClassification:
-        from transformers import AutoConfig
-
-        adapter_cfg = AutoConfig.from_pretrained(str(adapter_dir)) if (adapter_dir / "config.json").exists() else None
-        kwargs["num_labels"] = getattr(adapter_cfg, "num_labels", 1) if adapter_cfg else 1
+        kwargs["num_labels"] = 1  # a reward head, as `load_model(head="seq-cls")` builds it
     base = auto.from_pretrained(model_path(model_args), **kwargs)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
@@ -596,13 +593,11 @@ def model_card(
     name, paper = METHODS.get(method, (method, "n/a"))
     base = model_args.model_name_or_path
     dataset = recipe_args.dataset_path or "n/a"
-    quant = (
-        "4-bit NF4" if model_args.load_in_4bit else "8-bit" if model_args.load_in_8bit else (model_args.dtype or "")
-    )
     if model_args.load_in_4bit:
-        quant = f"4-bit {model_args.bnb_4bit_quant_type.upper()}" + (
-            " + double quantization" if model_args.use_bnb_nested_quant else ""
-        )
+        nested = " + double quantization" if model_args.use_bnb_nested_quant else ""
+        quant = f"4-bit {model_args.bnb_4bit_quant_type.upper()}{nested}, compute in {model_args.dtype}"
+    else:
+        quant = "8-bit" if model_args.load_in_8bit else str(model_args.dtype)
     hyper = {k: getattr(training_args, k) for k in CARD_HYPERPARAMETERS if getattr(training_args, k, None) is not None}
     hyper["effective_batch_size"] = (
         training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world_size
@@ -628,7 +623,7 @@ def model_card(
         f"# {Path(training_args.output_dir).name}",
         "",
         f"A {what} trained from [{base}](https://huggingface.co/{base}) with **{name}** ({method}) using "
-        "[trl-ext](https://github.com/) on top of [TRL](https://github.com/huggingface/trl).",
+        "trl-ext on top of [TRL](https://github.com/huggingface/trl).",
         "",
         f"- Method: {name}. Paper: {paper}",
         f"- Base model: `{base}` ({quant})" + (", trained through a LoRA adapter" if model_args.use_peft else ""),
