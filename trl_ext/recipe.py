@@ -9,7 +9,7 @@ A recipe shows only what is particular to its method; it reads top to bottom (se
         return recipe.make_parser(DPOConfig)
 
     def main(argv=None):
-        args, training_args, model_args = recipe.parse(make_parser(), argv)   # YAML + flags, seed, logging
+        args, training_args, model_args = recipe.parse(make_parser(), argv, script=__file__)  # YAML + flags, seed
         tokenizer = recipe.load_tokenizer(model_args, training_args)
         model = recipe.load_model(model_args, training_args)                   # 4-bit NF4 + k-bit prep if asked
         train_ds, eval_ds = recipe.load_datasets(args, method="dpo", seed=training_args.seed)
