@@ -2,20 +2,26 @@
 
     # offline, CPU, a few minutes (the embedded tiny model and recipes/data/pairwise_ab.jsonl):
     python recipes/rlhf_pipeline.py
-    # one 24 GB GPU (each stage is one process: accelerate launch recipes/rlhf_pipeline.py ... works too):
+    # one 24 GB GPU (QLoRA configs of the three stages):
     python recipes/rlhf_pipeline.py --size qlora-24gb --dataset_path my_ab.jsonl \
         --model_name_or_path Qwen/Qwen2.5-7B-Instruct --output_dir outputs/rlhf-7b
 
-The same as these three commands (each stage is its own recipe and config, `recipes/configs/<stage>/<size>.yaml`):
+The same as these three commands on the tiny default (each stage is its own recipe and config,
+`recipes/configs/<stage>/<size>.yaml`; the flags after the first line of each are `TINY_STAGE_FLAGS`):
 
     accelerate launch recipes/sft.py --config recipes/configs/sft/tiny-cpu.yaml \
-        --dataset_path recipes/data/pairwise_ab.jsonl --output_dir outputs/rlhf-tiny-cpu/sft --merge_adapter true
+        --dataset_path recipes/data/pairwise_ab.jsonl --output_dir outputs/rlhf-tiny-cpu/sft --merge_adapter true \
+        --use_peft false --learning_rate 2e-3 --num_train_epochs 8 --eval_fraction 0
     accelerate launch recipes/reward.py --config recipes/configs/reward/tiny-cpu.yaml \
-        --dataset_path recipes/data/pairwise_ab.jsonl --model_name_or_path outputs/rlhf-tiny-cpu/sft/merged \
-        --output_dir outputs/rlhf-tiny-cpu/reward --merge_adapter true
+        --dataset_path recipes/data/pairwise_ab.jsonl --output_dir outputs/rlhf-tiny-cpu/reward \
+        --model_name_or_path outputs/rlhf-tiny-cpu/sft --merge_adapter true \
+        --learning_rate 2e-3 --num_train_epochs 3 --eval_fraction 0
     accelerate launch recipes/ppo.py --config recipes/configs/ppo/tiny-cpu.yaml \
-        --dataset_path recipes/data/pairwise_ab.jsonl --model_name_or_path outputs/rlhf-tiny-cpu/sft/merged \
-        --reward_model_path outputs/rlhf-tiny-cpu/reward/merged --reward_function "" --output_dir outputs/rlhf-tiny-cpu/ppo
+        --dataset_path recipes/data/pairwise_ab.jsonl --output_dir outputs/rlhf-tiny-cpu/ppo \
+        --model_name_or_path outputs/rlhf-tiny-cpu/sft --reward_model_path outputs/rlhf-tiny-cpu/reward/merged \
+        --reward_function ""
+
+With the QLoRA configs the SFT stage trains an adapter, so the next two stages load `sft/merged`.
 
 1. SFT on the preferred answers (`dataset_builders` maps `pairwise_ab` to prompt/completion).
 2. The reward model starts from the SFT model (as in InstructGPT) and learns the A/B preferences.

@@ -94,16 +94,17 @@ def test_config_defaults_and_validation(tmp_path):
 
 def test_trains_logs_and_shares_one_base(tmp_path, tiny_model_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
-    args = config(tmp_path)
-    trainer = PPOTrainer(
-        model, lowercase_reward, args=args, train_dataset=prompts(conversational=False), peft_config=lora()
-    )
+    args = config(tmp_path, eval_strategy="steps", eval_steps=4, per_device_eval_batch_size=4)
+    data = prompts(conversational=False)
+    trainer = PPOTrainer(model, lowercase_reward, args=args, train_dataset=data, eval_dataset=data.select(range(8)),
+                         peft_config=lora())  # fmt: skip
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert any(n.startswith("value_head.") for n in before) and any("lora_" in n for n in before)
     trainer.train()
     logs = {k: v for entry in trainer.state.log_history for k, v in entry.items()}
     for key in LOGGED:
         assert key in logs, key
+    assert "eval_objective/scores" in logs and "eval_loss" in logs  # evaluation generates on the eval prompts
     changed = [n for n, p in trainer.model.named_parameters() if n in before and not torch.equal(p, before[n])]
     assert any("lora_B" in n for n in changed)  # the policy adapter moved
     assert "value_head.summary.bias" in changed  # and the critic
@@ -253,8 +254,8 @@ def sft_model(tmp_path_factory, tiny_model_path):
     rows = [{"prompt": r["prompt"], "completion": r["response_a"]}
             for r in ToyTask(seed=0, conversational=True).rows("pairwise_ab", 3000)]  # fmt: skip
     args = SFTConfig(str(out), use_cpu=True, bf16=False, gradient_checkpointing=False, per_device_train_batch_size=16,
-                     learning_rate=2e-3, lr_scheduler_type="constant", max_length=64, report_to="none",
-                     save_strategy="no", seed=0)  # fmt: skip
+                     learning_rate=2e-3, lr_scheduler_type="constant", max_length=64, num_train_epochs=1,
+                     report_to="none", save_strategy="no", seed=0)  # fmt: skip
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     trainer = SFTTrainer(AutoModelForCausalLM.from_pretrained(tiny_model_path), args=args,
                          train_dataset=Dataset.from_list(rows), processing_class=tok)  # fmt: skip
@@ -313,7 +314,8 @@ def test_ppo_learns_from_a_learned_reward_model(sft_model, tmp_path, capsys):
     pairs = Dataset.from_list(ToyTask(seed=0, conversational=True).rows("pairs", 2000))
     rm_args = RewardConfig(str(tmp_path / "rm"), use_cpu=True, bf16=False, gradient_checkpointing=False,
                            per_device_train_batch_size=16, learning_rate=1e-3, lr_scheduler_type="constant",
-                           max_length=96, report_to="none", save_strategy="no", seed=0)  # fmt: skip
+                           num_train_epochs=1, max_length=96, report_to="none", save_strategy="no",
+                           seed=0)  # fmt: skip
     RewardTrainer(model=rm, args=rm_args, train_dataset=pairs, processing_class=tok).train()
 
     model = AutoModelForCausalLM.from_pretrained(sft_model)
