@@ -4,6 +4,7 @@ CPU processes, and (slow) the whole SFT -> reward -> PPO pipeline from the A/B e
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -61,18 +62,43 @@ def test_ppo_recipe_needs_a_reward(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_ppo_two_cpu_processes_under_accelerate_launch(tmp_path):
+    """Two processes (gloo) train in step: the adapter and the value head (used outside the model's forward) end
+    identical on both ranks, and only the main process writes the card."""
+    launcher = tmp_path / "ppo_ranks.py"
+    launcher.write_text(
+        textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(REPO_ROOT / "tests")!r})
+        from _recipe_utils import load_recipe
+        from trl_ext.ppo import PPOTrainer
+
+        train = PPOTrainer.train
+        def train_and_report(self, *args, **kwargs):
+            out = train(self, *args, **kwargs)
+            model = self.accelerator.unwrap_model(self.model)
+            total = sum(p.double().sum().item() for p in model.parameters() if p.requires_grad)
+            head = model.value_head.summary.weight.double().abs().sum().item()
+            print(f"RANK {{os.environ['RANK']}} {{total:.12f}} {{head:.12f}}", flush=True)
+            return out
+        PPOTrainer.train = train_and_report
+        load_recipe("ppo").main(sys.argv[1:])
+    """)
+    )
     env = dict(os.environ)
     env.pop("CUDA_VISIBLE_DEVICES", None)
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", "recipes/accelerate_configs/cpu_2proc.yaml",
-        "recipes/ppo.py", *ppo_flags(tmp_path, "--logging_steps", "1"),
+        str(launcher), *ppo_flags(tmp_path, "--max_steps", "8"),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RANK "))
+    assert [r[0] for r in ranks] == ["0", "1"]
+    assert ranks[0][1:] == ranks[1][1:]  # same weights on both processes
+    assert float(ranks[0][2]) > 0  # the value head trained (it starts at zero)
     card = (tmp_path / "ppo" / "README.md").read_text()
     assert "| num_processes | 2 |" in card
-    assert "accelerate launch --num_processes 2 recipes/ppo.py" in card
     assert (tmp_path / "ppo" / "value_head.safetensors").exists()
 
 

@@ -156,6 +156,12 @@ class PPOConfig(_BaseConfig):
     )
 
     def __post_init__(self):
+        # The value head is applied outside the model's forward (to its last hidden state). DDP's search for unused
+        # parameters (transformers turns it on without gradient checkpointing) would mark the head unused at the end
+        # of the forward and then fail when its gradient arrives; every trainable parameter (adapter and head) is
+        # used at every step, so the search is not needed.
+        if self.ddp_find_unused_parameters is None:
+            self.ddp_find_unused_parameters = False
         super().__post_init__()
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise ValueError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
