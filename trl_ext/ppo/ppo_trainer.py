@@ -172,6 +172,7 @@ class PPOTrainer(_BaseTrainer):
             for name, param in model.named_parameters():
                 if ".default." in name:
                     model.get_parameter(name.replace(".default.", ".ref.")).data.copy_(param.data)
+        self._ref_adapter: str | None = None  # PEFT: None = adapter off; "ref" = frozen copy of a given adapter
         if is_peft_model(model):
             if ref_model is not None:
                 raise ValueError("with a PEFT policy the reference is the base (adapter off): drop ref_model")
