@@ -86,6 +86,7 @@ class Method:
     reward_model: str | None = None  # train a reward model on this shape first (PPO, online GRPO)
     note: str = ""
     lr: str = "5e-4"
+    config: str = "tiny-cpu"  # recipes/configs/<recipe>/<config>.yaml
 
 
 METHODS: tuple[Method, ...] = (
@@ -106,9 +107,13 @@ METHODS: tuple[Method, ...] = (
     # odds-ratio term needs a large weight (beta = lambda) to matter; a larger learning rate breaks the words apart.
     Method("orpo", "orpo", "pairs_sft_target", ("--beta", "10.0"), lr="1e-4",
            note="trl.experimental.orpo.ORPOTrainer, beta (lambda) = 10, lr 1e-4"),
-    Method("grpo_offline", "grpo", "ranked", ("--mode", "offline"), note="trl_ext.RankedGRPOTrainer on the rankings"),
-    Method("grpo_online", "grpo", "ranked", ("--mode", "online"), reward_model="ranked",
-           note="trl.GRPOTrainer; reward model trained on the rankings"),
+    Method("grpo_offline", "grpo", "ranked", ("--mode", "offline"), lr="1e-4",
+           note="trl_ext.RankedGRPOTrainer on the rankings, lr 1e-4 (5e-4 and 2e-4 break words apart on seed 0)"),
+    # The online recipe trains its own reward model on the rankings (Plackett-Luce) before sampling.
+    Method("grpo_online", "grpo", "ranked", ("--mode", "online", "--num_generations", "4", "--max_completion_length",
+                                             "48", "--reward_per_device_train_batch_size", "8"),
+           config="tiny-cpu-online",
+           note="trl.GRPOTrainer, 4 samples per prompt; reward model trained by the recipe on the rankings"),
 )  # fmt: skip
 METHOD_BY_NAME = {m.name: m for m in METHODS}
 
@@ -231,10 +236,10 @@ def recipe_status(method: Method) -> str | None:
     return None
 
 
-def common_flags(method_recipe: str, data: str, output_dir: Path, model: str, steps: int, batch: int, lr: str, seed: int) -> list[str]:  # fmt: skip
+def common_flags(method_recipe: str, data: str, output_dir: Path, model: str, steps: int, batch: int, lr: str, seed: int, config: str = "tiny-cpu") -> list[str]:  # fmt: skip
     """The tiny-cpu config of `method_recipe` with the benchmark's model, data, budget and quiet logging."""
     return [
-        "--config", str(RECIPES / "configs" / method_recipe / "tiny-cpu.yaml"),
+        "--config", str(RECIPES / "configs" / method_recipe / f"{config}.yaml"),
         "--model_name_or_path", model,
         "--dataset_path", data,
         "--output_dir", str(output_dir),
@@ -386,7 +391,7 @@ def run_job(job: Job, ctx: dict) -> dict:
     out_dir = workdir / job.variant / method.name
     shutil.rmtree(out_dir, ignore_errors=True)
     argv = common_flags(method.recipe, data[f"{job.variant}/{method.shape}"], out_dir, sft_dir, budget.steps,
-                        budget.batch, method.lr, job.seed) + list(method.flags)  # fmt: skip
+                        budget.batch, method.lr, job.seed, method.config) + list(method.flags)  # fmt: skip
     if method.reward_model:
         argv += reward_flags(method, results[f"reward/{job.seed}/{job.variant}/{method.reward_model}"])
     t0, c0 = time.perf_counter(), _cpu_s()
@@ -395,6 +400,12 @@ def run_job(job: Job, ctx: dict) -> dict:
     peak = _peak_rss_mb()
     model, tokenizer = load_adapter(folder, sft_dir)
     metrics = evaluate(model, tokenizer, data, budget, seed=job.seed, with_reference=True)
+    if (Path(folder) / "reward_model").is_dir():  # a reward model the recipe trained itself (online GRPO)
+        from trl_ext import evaluation as ev
+
+        rm, rm_tok = ev.load_reward_model(str(Path(folder) / "reward_model"), sft_dir)
+        pairs = read_jsonl(data["test_pairs"])
+        metrics.update(ev.reward_model_accuracy(rm, rm_tok, pairs, batch_size=64, progress=False))
     return {
         "model": str(folder),
         "wall_s": wall,
@@ -517,9 +528,11 @@ def summarize(
         "reward_models": {},
         "methods": {},
     }  # fmt: skip
-    for _key, job in by_key.items():
-        if job.kind == "reward" and job.result.get("status") == "ok":
-            summary["reward_models"].setdefault(f"{job.variant}/{job.shape}", []).append(job.result["reward_model_accuracy"])  # fmt: skip
+    for job in jobs:
+        if job.kind == "sft" or job.result.get("status") != "ok" or "reward_model_accuracy" not in job.result:
+            continue
+        label = f"{job.variant} `{job.shape}` (recipes/reward.py)" if job.kind == "reward" else f"{job.variant} `{METHOD_BY_NAME[job.method].shape}` ({job.method}'s own)"  # fmt: skip
+        summary["reward_models"].setdefault(label, []).append(job.result["reward_model_accuracy"])
     summary["reward_models"] = {k: mean_and_spread(v) for k, v in summary["reward_models"].items()}
     for m in methods:
         for variant in variants:

@@ -132,3 +132,15 @@ def test_the_docstring_command_names_existing_files():
     doc = load_recipe("evaluate").__doc__
     assert "python recipes/evaluate.py --model_name_or_path outputs/dpo-tiny-cpu" in doc
     assert (REPO_ROOT / "recipes" / "data" / "pairs.jsonl").exists()
+
+
+def test_adapter_on_a_4bit_nf4_base(adapter, tmp_path):
+    """QLoRA-trained adapters are evaluated on a 4-bit base (bitsandbytes quantizes on a CPU too)."""
+    from trl_ext.evaluation import load_policy
+
+    model, ref_model, _ = load_policy(str(adapter), load_in_4bit=True, dtype="float32")
+    assert ref_model is None and "Linear4bit" in {type(m).__name__ for m in model.modules()}
+    evaluate("--model_name_or_path", adapter, "--dataset_path", data(tmp_path, "pairs"), "--output_dir", tmp_path / "e",
+             "--load_in_4bit", "true", "--dtype", "float32", "--plots", "false", *FAST)  # fmt: skip
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())["metrics"]
+    assert 0 <= metrics["preference_accuracy"] <= 1 and metrics["kl_per_token"] != 0.0
