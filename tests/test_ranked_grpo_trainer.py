@@ -184,7 +184,8 @@ def test_plackett_luce_with_pairs_equals_trls_dpo_trainer(tiny_model_path, tmp_p
     assert_close(our_loss, dpo_loss, rtol=0, atol=1e-6)
 
 
-# --- training --------------------------------------------------------------------------------------------------
+# --- training (the tiny-model training tier: `make test-slow`) -------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "plackett_luce"])
 def test_training_logs_and_changes_the_adapter(tiny, tmp_path, loss_type):
     model, tokenizer = tiny
@@ -204,6 +205,7 @@ def test_training_logs_and_changes_the_adapter(tiny, tmp_path, loss_type):
     assert any("lora_B" in n for n in changed)
 
 
+@pytest.mark.slow
 def test_implicit_rewards_start_at_zero_with_peft(tiny, tmp_path):
     model, tokenizer = tiny
     data = Dataset.from_list(ToyTask().rows("ranked", 4))
@@ -214,6 +216,7 @@ def test_implicit_rewards_start_at_zero_with_peft(tiny, tmp_path):
     assert any(abs(v) > 0 for row in trainer.implicit_rewards(data) for v in row)
 
 
+@pytest.mark.slow
 def test_num_iterations_reuses_each_batch_against_the_policy_that_started_it(tiny, tmp_path):
     model, tokenizer = tiny
     data = Dataset.from_list(ToyTask().rows("ranked", 8))
@@ -242,6 +245,7 @@ def test_num_iterations_reuses_each_batch_against_the_policy_that_started_it(tin
     assert not torch.equal(seen[0][1], seen[4][1])
 
 
+@pytest.mark.slow
 def test_ratio_against_the_reference_trains(tiny, tmp_path):
     model, tokenizer = tiny
     data = Dataset.from_list(ToyTask().rows("ranked", 8))
@@ -261,7 +265,7 @@ def _heldout_tau(trainer, rows) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loss_type", ["dapo", "plackett_luce"])
-def test_offline_grpo_learns_the_true_ranking_on_held_out_prompts(tiny, tmp_path, loss_type):
+def test_offline_grpo_learns_the_true_ranking_on_held_out_prompts(tiny, tmp_path, loss_type, capsys):
     model, tokenizer = tiny
     task = ToyTask(seed=0)
     train, test = task.rows("ranked", 96), task.rows("ranked", 32, split="test")
@@ -273,5 +277,41 @@ def test_offline_grpo_learns_the_true_ranking_on_held_out_prompts(tiny, tmp_path
     before = _heldout_tau(trainer, test)
     trainer.train()
     after = _heldout_tau(trainer, test)
+    with capsys.disabled():
+        print(
+            f"\noffline {loss_type}: held-out Kendall tau of implicit rewards vs true quality {before:.3f} -> {after:.3f}"
+        )
+    # measured: 0 -> 0.58 (dapo), 0 -> 0.61 (plackett_luce)
     assert before == 0.0  # the adapter starts at zero: every implicit reward is 0, no order
     assert after > 0.3, (before, after)
+
+
+def test_a_reference_copy_runs_its_own_weights_even_after_an_earlier_trl_trainer(tiny, tmp_path):
+    from trl.trainer.utils import add_fused_lm_head
+
+    model, tokenizer = tiny
+    add_fused_lm_head(model)  # what an earlier TRL trainer in the same process leaves on the model
+    data = Dataset.from_list(ToyTask().rows("ranked", 4))
+    trainer = RankedGRPOTrainer(model, args=_args(tmp_path), train_dataset=data, processing_class=tokenizer)
+    x = torch.tensor([[5, 6, 7, 8]])
+    before = trainer.ref_model(input_ids=x).logits
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)
+    assert torch.equal(trainer.ref_model(input_ids=x).logits, before)  # the policy moved, the reference did not
+
+
+# --- the recipe ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_offline_recipe_on_its_tiny_config(tmp_path, monkeypatch, tiny_model_path):
+    from _recipe_utils import REPO_ROOT, load_recipe
+
+    monkeypatch.chdir(REPO_ROOT)  # the config names recipes/data/ranked.jsonl
+    out = load_recipe("grpo").main(
+        ["--config", "recipes/configs/grpo/tiny-cpu.yaml", "--output_dir", str(tmp_path / "out"), "--max_steps", "3",
+         "--eval_fraction", "0.25", "--logging_steps", "1"]
+    )  # fmt: skip
+    assert (out / "adapter_model.safetensors").exists() and (out / "tokenizer.json").exists()
+    card = (out / "README.md").read_text()
+    assert "2402.03300" in card and "--max_steps 3" in card and "| loss_type | dapo |" in card
+    assert "eval_implicit_reward/kendall_tau" in card  # the ranking metric reaches the card

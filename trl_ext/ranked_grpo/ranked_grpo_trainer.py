@@ -22,7 +22,14 @@ from transformers import (
     TrainerCallback,
 )
 from trl.data_utils import common_prefix_length, is_conversational
-from trl.trainer.utils import RepeatSampler, add_fused_lm_head, disable_dropout_in_model, pad, use_adapter
+from trl.trainer.utils import (
+    RepeatSampler,
+    add_fused_lm_head,
+    disable_dropout_in_model,
+    pad,
+    selective_log_softmax,
+    use_adapter,
+)
 
 from .ranked_grpo_config import OFFLINE_LOSS_TYPES, RankedGRPOConfig
 from .ranked_grpo_loss import (
@@ -160,6 +167,9 @@ class RankedGRPOTrainer(Trainer):
         self.needs_reference = args.beta != 0 or args.loss_type == "plackett_luce" or args.ratio_against == "reference"
         if ref_model is None and not is_peft_model(model) and self.needs_reference:
             ref_model = copy.deepcopy(model)
+            # A forward patched onto the instance by an earlier TRL trainer (fused LM head) closes over the original
+            # model's forward, which a deep copy keeps: drop it, so the copy runs its own weights.
+            ref_model.__dict__.pop("forward", None)
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
         if args.disable_dropout:
@@ -436,37 +446,83 @@ class RankedGRPOTrainer(Trainer):
         metrics = {key: sum(val) / len(val) for key, val in self._metrics[mode].items() if val}
         if mode == "eval":
             metrics = {f"eval_{key}": val for key, val in metrics.items()}
-        super().log({**logs, **metrics}, start_time)
+        logs.update(metrics)  # in place: `evaluate` returns this dict, so the metrics reach the caller (and the card)
+        super().log(logs, start_time)
         self._metrics[mode].clear()
 
     # ---------------------------------------------------------------------------------------------------- scoring
-    @torch.no_grad()
     def implicit_rewards(self, dataset: Dataset, batch_size: int | None = None) -> list[list[float]]:
-        """Per row, the implicit reward `log pi(y|x) - log pi_ref(y|x)` (summed over tokens) of each response.
+        """Per row of `dataset` (`ranked` shape), the implicit reward of each response under the current policy:
+        `log pi(y|x) - log pi_ref(y|x)` summed over the response's tokens (see the module-level `implicit_rewards`)."""
+        return implicit_rewards(
+            self.accelerator.unwrap_model(self.model),
+            self._tokenizer,
+            dataset,
+            ref_model=self.ref_model,
+            batch_size=batch_size or self.args.per_device_eval_batch_size,
+            max_prompt_length=self.args.max_prompt_length,
+            max_completion_length=self.args.max_completion_length,
+        )
 
-        `dataset` is in the `ranked` shape (or already tokenized); row order and response order are kept.
-        """
-        if not self.has_reference:
-            raise ValueError("implicit rewards need a reference: train with PEFT, or pass/let the trainer build one")
-        dataset = self._prepare_dataset(dataset, self.args, "scored")
-        batch_size = batch_size or self.args.per_device_eval_batch_size
-        was_training = self.model.training
-        self.model.eval()
-        out: list[list[float]] = []
-        try:
-            for start in range(0, len(dataset), batch_size):
-                rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-                inputs = self._prepare_inputs(self.data_collator(rows))
-                mask = inputs["completion_mask"][:, 1:]
-                with self.compute_loss_context_manager():
-                    logps = (self._per_token_logps(self.model, inputs) * mask).sum(-1)
-                    ref = (self._ref_per_token_logps(inputs) * mask).sum(-1)
-                values = (logps - ref).float().cpu()
-                for g in range(len(rows)):
-                    out.append(values[inputs["group_index"].cpu() == g].tolist())
-        finally:
-            self.model.train(was_training)
-        return out
+
+@torch.no_grad()
+def implicit_rewards(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: Dataset | list[dict[str, Any]],
+    *,
+    ref_model: PreTrainedModel | None = None,
+    batch_size: int = 4,
+    max_prompt_length: int | None = None,
+    max_completion_length: int | None = None,
+) -> list[list[float]]:
+    """For each `ranked` row, `log pi(y|x) - log pi_ref(y|x)` (summed over tokens) of each of its responses, in order.
+
+    The reference is `ref_model`, else (a `PeftModel`) the model with its adapters disabled, or its frozen `"ref"`
+    adapter when it has one. This is DPO's implicit reward (up to beta); on held-out ranked data, how well it orders
+    each group (e.g. Kendall's tau against the true ranking) measures what the policy learned, offline or online.
+    `batch_size` counts groups; each forward pass holds their responses' full logits.
+    """
+    if ref_model is None and not is_peft_model(model):
+        raise ValueError("implicit rewards need a reference: pass ref_model, or a PeftModel (base = reference)")
+    rows = dataset if isinstance(dataset, Dataset) else Dataset.from_list(list(dataset))
+    collator = DataCollatorForRankedGroups(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+
+    def sequence_logps(m, batch):
+        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        logps = selective_log_softmax(logits[:, :-1].float(), batch["input_ids"][:, 1:])  # (N, T-1)
+        return (logps * batch["completion_mask"][:, 1:]).sum(-1)
+
+    out: list[list[float]] = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            examples = [
+                tokenize_ranked_row(
+                    rows[i],
+                    i,
+                    tokenizer=tokenizer,
+                    max_prompt_length=max_prompt_length,
+                    max_completion_length=max_completion_length,
+                    name="scored",
+                )  # fmt: skip
+                for i in range(start, min(start + batch_size, len(rows)))
+            ]
+            batch = {k: v.to(device) for k, v in collator(examples).items()}
+            logps = sequence_logps(model, batch)
+            if ref_model is not None:
+                ref_logps = sequence_logps(ref_model, batch)
+            else:
+                with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
+                    ref_logps = sequence_logps(model, batch)
+            values = (logps - ref_logps).cpu()
+            group_index = batch["group_index"].cpu()
+            out.extend(values[group_index == g].tolist() for g in range(len(examples)))
+    finally:
+        model.train(was_training)
+    return out
 
 
 def tokenize_ranked_row(
