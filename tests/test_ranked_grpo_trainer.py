@@ -286,6 +286,21 @@ def test_offline_grpo_learns_the_true_ranking_on_held_out_prompts(tiny, tmp_path
     assert after > 0.3, (before, after)
 
 
+def test_an_existing_adapter_is_its_own_reference(tiny, tmp_path):
+    from peft import get_peft_model
+
+    model, tokenizer = tiny
+    model = get_peft_model(model, _lora())  # e.g. an SFT adapter
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)
+    data = Dataset.from_list(ToyTask().rows("ranked", 2))
+    trainer = RankedGRPOTrainer(model, args=_args(tmp_path), train_dataset=data, processing_class=tokenizer)
+    assert set(trainer.model.peft_config) == {"default", "ref"}
+    assert trainer.implicit_rewards(data) == [[0.0] * 4] * 2  # the reference is the adapter as it was, not the base
+
+
 def test_a_reference_copy_runs_its_own_weights_even_after_an_earlier_trl_trainer(tiny, tmp_path):
     from trl.trainer.utils import add_fused_lm_head
 
@@ -315,3 +330,40 @@ def test_offline_recipe_on_its_tiny_config(tmp_path, monkeypatch, tiny_model_pat
     card = (out / "README.md").read_text()
     assert "2402.03300" in card and "--max_steps 3" in card and "| loss_type | dapo |" in card
     assert "eval_implicit_reward/kendall_tau" in card  # the ranking metric reaches the card
+
+
+# --- the per-token loss is TRL's ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_grpo_token_loss_reproduces_trls_grpo_trainer(tiny, tmp_path, loss_type):
+    """Given the same log-probabilities, advantages and old/reference log-probabilities, `grpo_token_loss` +
+    `aggregate_token_loss` give TRL 1.16's `GRPOTrainer._compute_loss` (clipping active, KL on)."""
+    from trl import GRPOTrainer
+
+    from trl_ext.ranked_grpo import aggregate_token_loss, grpo_token_loss
+
+    model, tokenizer = tiny
+    args = RankedGRPOConfig(str(tmp_path), num_generations=2, per_device_train_batch_size=4, max_completion_length=6,
+                            beta=0.04, epsilon=0.2, epsilon_high=0.28, loss_type=loss_type, **CPU)  # fmt: skip
+    trainer = GRPOTrainer(model, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)], args=args,
+                          train_dataset=Dataset.from_list([{"prompt": "p"}] * 4), processing_class=tokenizer)  # fmt: skip
+    torch.manual_seed(0)
+    prompt_ids, completion_ids = torch.randint(4, 200, (4, 3)), torch.randint(4, 200, (4, 6))
+    completion_mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 5 + [0], [1] * 2 + [0] * 4])
+    trainer.model.eval()
+    with torch.no_grad():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, torch.cat([prompt_ids, completion_ids], 1),
+            torch.cat([torch.ones_like(prompt_ids), completion_mask], 1), 6,
+        )  # fmt: skip
+        old = logps + 0.3 * torch.randn_like(logps)  # ratios well outside [0.8, 1.28]: clipping acts
+        ref = logps + 0.5 * torch.randn_like(logps)
+        advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
+        inputs = dict(prompt_ids=prompt_ids, prompt_mask=torch.ones_like(prompt_ids), completion_ids=completion_ids,
+                      completion_mask=completion_mask, advantages=advantages, old_per_token_logps=old,
+                      ref_per_token_logps=ref, num_items_in_batch=completion_mask.sum())  # fmt: skip
+        trl_loss = trainer._compute_loss(trainer.model, inputs)
+        out = grpo_token_loss(logps, old, advantages, completion_mask.float(), epsilon_low=0.2, epsilon_high=0.28,
+                              ref_per_token_logps=ref, beta=0.04)  # fmt: skip
+        ours = aggregate_token_loss(out.per_token_loss, completion_mask, loss_type, max_completion_length=6)
+    assert out.ratio.lt(0.8).any() and out.ratio.gt(1.28).any()
+    assert_close(ours, trl_loss)
