@@ -367,3 +367,29 @@ def test_grpo_token_loss_reproduces_trls_grpo_trainer(tiny, tmp_path, loss_type)
         ours = aggregate_token_loss(out.per_token_loss, completion_mask, loss_type, max_completion_length=6)
     assert out.ratio.lt(0.8).any() and out.ratio.gt(1.28).any()
     assert_close(ours, trl_loss)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_offline_recipe_two_process_cpu_run_with_reused_batches_and_batch_scaling(tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): the cross-process reductions (`batch` std, `dapo` token count)
+    and the repeated accumulated batches of `num_iterations` run; the main process writes the card."""
+    import os
+    import subprocess
+    import sys
+
+    from _recipe_utils import REPO_ROOT
+
+    env = dict(os.environ)
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate_configs/cpu_2proc.yaml",
+        "recipes/grpo.py", "--config", "recipes/configs/grpo/tiny-cpu.yaml", "--output_dir", str(tmp_path / "out"),
+        "--max_steps", "4", "--num_iterations", "2", "--scale_rewards", "batch", "--per_device_train_batch_size", "4",
+        "--gradient_accumulation_steps", "2", "--eval_fraction", "0.1",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| num_processes | 2 |" in card and "| effective_batch_size | 16 |" in card
+    assert "eval_implicit_reward/kendall_tau" in card
