@@ -880,7 +880,8 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"meta": meta, "summary": summary, "jobs": {j.key: {**asdict(j)} for j in jobs}}
     out_dir = RESULTS_DIR if not args.no_write else workdir
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"alignment-{tag}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    text = json.dumps(payload, indent=1, default=str).replace(str(REPO_ROOT) + os.sep, "")  # repo-relative paths
+    (out_dir / f"alignment-{tag}.json").write_text(text + "\n")
     plot(summary, out_dir / f"alignment-{tag}.png")
     section = markdown(summary, meta)
     (out_dir / f"alignment-{tag}.md").write_text(section + "\n")
