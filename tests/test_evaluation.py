@@ -274,6 +274,7 @@ def test_markdown_table_orders_known_metrics_first():
     assert rows[0] == "| metric | value | meaning |"
     assert rows[2].startswith("| preference_accuracy | 0.5 |") and rows[3].startswith("| kl_per_token | 0.01234 |")
     assert rows[4] == "| zzz | 1 |  |"
+    assert "KL(pi \\|\\| pi_ref)" in rows[3]  # pipes inside a cell are escaped
 
 
 def test_write_report_writes_json_markdown_and_pngs(tmp_path):

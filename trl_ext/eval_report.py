@@ -72,7 +72,10 @@ def markdown_table(metrics: Mapping[str, Any], descriptions: Mapping[str, str] =
     known = [k for k in descriptions if k in metrics]
     rest = sorted(k for k in metrics if k not in descriptions)
     lines = ["| metric | value | meaning |", "|---|---|---|"]
-    lines += [f"| {k} | {format_value(metrics[k])} | {descriptions.get(k, '')} |" for k in known + rest]
+    cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731 - a pipe would end the table cell
+    lines += [
+        f"| {cell(k)} | {cell(format_value(metrics[k]))} | {cell(descriptions.get(k, ''))} |" for k in known + rest
+    ]
     return "\n".join(lines)
 
 
