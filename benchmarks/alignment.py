@@ -1,7 +1,7 @@
 """The alignment benchmark: does every method learn a known true preference, and which ones learn to be long?
 
     python benchmarks/alignment.py --quick        # the whole table, 3 seeds, under 10 minutes on a 2-core CPU
-    python benchmarks/alignment.py                # the full run: 5 seeds, 3x the held-out prompts (about 12 min)
+    python benchmarks/alignment.py                # the full run: 5 seeds, 3x the held-out prompts (about 10 min)
     python benchmarks/alignment.py --quick --methods dpo kto --seeds 0   # a part of it (RESULTS.md is not touched)
 
 Writes `benchmarks/results/alignment-<quick|full>.json` (every number of every run) and `.png` (the plot), and the
