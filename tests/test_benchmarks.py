@@ -1,0 +1,75 @@
+"""The benchmark scripts run, at toy sizes, and report figures that add up (their real numbers are in the docs).
+
+No timing is asserted: speed is measured by running the scripts, not by tests.
+"""
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from _recipe_utils import REPO_ROOT
+
+BENCHMARKS = REPO_ROOT / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ipo_overhead_reports_the_ratio_of_the_medians(tmp_path):
+    out = tmp_path / "ipo.json"
+    result = _load("ipo_overhead").main(["--steps", "4", "--warmup", "1", "--rows", "32", "--json", str(out)])
+    median = result["median_step_ms"]
+    assert median["trl"] > 0 and median["length_aware"] > 0
+    assert result["ratio"] == pytest.approx(median["length_aware"] / median["trl"], rel=1e-3)
+    assert result["target"] == 1.05 and result["within_target"] == (result["ratio"] <= 1.05)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+
+
+def test_grpo_offline_online_counts_the_same_samples_per_step(tmp_path):
+    out = tmp_path / "grpo.json"
+    result = _load("grpo_offline_online").main(["--steps", "2", "--warmup", "1", "--groups", "2", "--json", str(out)])
+    offline, online = result["offline"], result["online"]
+    assert offline["samples_per_step"] == online["samples_per_step"] == 2 * 4  # groups x 4 responses = prompts x 4
+    assert offline["steps_timed"] == online["steps_timed"] == 2
+    ratio = offline["samples_per_s"] / online["samples_per_s"]
+    assert result["ratio_offline_over_online"] == pytest.approx(ratio, abs=0.01)
+    assert 0 < online["mean_completion_tokens"] <= 24  # --max_completion_length
+    assert result["reward_model_training_s"] > 0
+
+
+def test_builders_benchmark_converts_every_row(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "builders.py"),
+            "--rows",
+            "500",
+            "--repeat",
+            "1",
+            "--shapes",
+            "pairs",
+            "ranked",
+        ]
+        + ["--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {
+        m.group(1): m.groups()[1:]
+        for m in re.finditer(
+            r"^(\w+) -> \w+\s+[\d.]+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+[\d,]+\s+([\d,]+)", done.stdout, re.M
+        )
+    }
+    assert set(rows) == {"pairs", "ranked"}, done.stdout
+    for _raw_s, _ours_s, ratio, rows_out in rows.values():
+        assert rows_out == "500"  # one output row per input row for these mappings, nothing dropped
+        assert float(ratio) > 0
