@@ -78,7 +78,9 @@ def test_ppo_two_cpu_processes_under_accelerate_launch(tmp_path):
             model = self.accelerator.unwrap_model(self.model)
             total = sum(p.double().sum().item() for p in model.parameters() if p.requires_grad)
             head = model.value_head.summary.weight.double().abs().sum().item()
-            print(f"RANK {{os.environ['RANK']}} {{total:.12f}} {{head:.12f}}", flush=True)
+            # one file per rank: lines printed by two processes into one pipe can interleave mid-line
+            with open(os.path.join({str(tmp_path)!r}, "rank" + os.environ["RANK"] + ".txt"), "w") as f:
+                f.write(f"{{total:.12f}} {{head:.12f}}")
             return out
         PPOTrainer.train = train_and_report
         load_recipe("ppo").main(sys.argv[1:])
@@ -93,10 +95,10 @@ def test_ppo_two_cpu_processes_under_accelerate_launch(tmp_path):
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ranks = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RANK "))
-    assert [r[0] for r in ranks] == ["0", "1"]
-    assert ranks[0][1:] == ranks[1][1:]  # same weights on both processes
-    assert float(ranks[0][2]) > 0  # the value head trained (it starts at zero)
+    assert sorted(f.name for f in tmp_path.glob("rank*.txt")) == ["rank0.txt", "rank1.txt"]
+    ranks = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # same weights on both processes
+    assert float(ranks[0][1]) > 0  # the value head trained (it starts at zero)
     card = (tmp_path / "ppo" / "README.md").read_text()
     assert "| num_processes | 2 |" in card
     assert (tmp_path / "ppo" / "value_head.safetensors").exists()

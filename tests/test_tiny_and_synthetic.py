@@ -1,6 +1,11 @@
 import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
+import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_ext.synthetic import BAD_WORDS, GOOD_WORDS, SHAPES, ToyTask, quality
@@ -29,6 +34,38 @@ def test_tiny_model_is_deterministic(tiny_model_path):
     saved = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     for (n, a), (_, b) in zip(model.state_dict().items(), saved.state_dict().items()):
         assert (a == b).all(), n
+
+
+@pytest.mark.multiprocess
+def test_two_ranks_building_into_an_empty_cache_both_get_the_whole_model(tmp_path):
+    """`accelerate launch` on a fresh machine: each rank may build the tiny model inside a process group, where
+    transformers' `save_pretrained` writes weights on rank 0 only. Rank 1 building first must still cache a whole
+    model (for rank 0 too), and no half-built folder may be left behind."""
+    script = tmp_path / "build.py"
+    script.write_text(
+        textwrap.dedent("""
+        import os, torch.distributed as dist
+        from transformers import AutoModelForCausalLM
+        dist.init_process_group("gloo")
+        from trl_ext.tiny import tiny_model_path
+        if dist.get_rank() == 1:  # a rank other than 0 builds first (the case that used to cache half a model)
+            path = tiny_model_path()
+            dist.barrier()
+        else:
+            dist.barrier()
+            path = tiny_model_path()
+        AutoModelForCausalLM.from_pretrained(path)
+        print("RANK", os.environ["RANK"], "OK", sorted(os.listdir(path)), flush=True)
+        dist.destroy_process_group()
+    """)
+    )
+    env = dict(os.environ, TRL_EXT_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (folder,) = (tmp_path / "cache").iterdir()  # no half-built folders left behind
+    files = sorted(f.name for f in folder.iterdir())
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= set(files)
 
 
 def test_non_tiny_names_pass_through():

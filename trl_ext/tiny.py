@@ -108,8 +108,7 @@ def tiny_model_path(seed: int = 0) -> Path:
     # Write to a temporary folder and rename, so parallel processes (torchrun, pytest-xdist) never see half a model.
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        _save_complete(model, tokenizer, tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process finished first: keep theirs
@@ -118,3 +117,26 @@ def tiny_model_path(seed: int = 0) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _save_complete(model, tokenizer, folder: Path) -> None:
+    """Write config, weights and tokenizer on *this* process.
+
+    Not `model.save_pretrained`: under torch.distributed (recipes started by `accelerate launch` load the model after
+    the process group exists) transformers 5 writes weights on rank 0 only, so another rank could rename a folder
+    holding just the tokenizer into the cache before rank 0 finishes.
+    """
+    from safetensors.torch import save_file
+
+    model.config.architectures = [type(model).__name__]  # what save_pretrained records
+    model.config.dtype = str(model.dtype).removeprefix("torch.")
+    model.config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    state = model.state_dict()
+    if model.config.tie_word_embeddings:  # stored once, as transformers does; re-tied on load
+        state.pop("lm_head.weight")
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    tokenizer.save_pretrained(folder)
+    missing = [n for n in ("config.json", "model.safetensors", "tokenizer.json") if not (folder / n).exists()]
+    if missing:
+        raise RuntimeError(f"building the tiny model in {folder}: {', '.join(missing)} not written")
