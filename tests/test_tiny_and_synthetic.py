@@ -44,18 +44,18 @@ def test_two_ranks_building_into_an_empty_cache_both_get_the_whole_model(tmp_pat
     script = tmp_path / "build.py"
     script.write_text(
         textwrap.dedent("""
-        import os, torch.distributed as dist
+        import torch, torch.distributed as dist
         from transformers import AutoModelForCausalLM
         dist.init_process_group("gloo")
-        from trl_ext.tiny import tiny_model_path
+        from trl_ext.tiny import build_tiny_model, tiny_model_path
         if dist.get_rank() == 1:  # a rank other than 0 builds first (the case that used to cache half a model)
             path = tiny_model_path()
             dist.barrier()
         else:
             dist.barrier()
             path = tiny_model_path()
-        AutoModelForCausalLM.from_pretrained(path)
-        print("RANK", os.environ["RANK"], "OK", sorted(os.listdir(path)), flush=True)
+        loaded, built = AutoModelForCausalLM.from_pretrained(path).state_dict(), build_tiny_model(0)[0].state_dict()
+        assert loaded.keys() == built.keys() and all(torch.equal(loaded[k], built[k]) for k in built)
         dist.destroy_process_group()
     """)
     )
