@@ -8,7 +8,7 @@ Writes `benchmarks/results/alignment-<quick|full>.json` (every number of every r
 tables into `benchmarks/RESULTS.md` (between markers, so other sections of that file stay). Work files go to
 `runs/alignment/` (git-ignored).
 
-The task is `trl_ext.synthetic.ToyTask`: prompts are a topic word and three filler words; a response is a list of
+The task is `trl_ext.testing.synthetic.ToyTask`: prompts are a topic word and three filler words; a response is a list of
 words; its true quality `quality(text)` is the fraction of words from a list of good words (length-independent).
 Every method's training data comes from the same truth, in the input shape `dataset_builders` pairs with the method
 (pairs, pairs with lengths, good/bad labels, pairs with an SFT target, rankings, A/B preferences for the reward model
@@ -162,14 +162,14 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
 def sft_rows(seed: int, n: int) -> list[dict]:
     """Prompts with responses of random quality (the `binary` rows' responses, labels dropped): well-formed answers,
     good words at about the rate of bad ones, so the SFT model is a neutral starting point."""
-    from trl_ext.synthetic import ToyTask
+    from trl_ext.testing.synthetic import ToyTask
 
     return [{"prompt": r["prompt"], "completion": r["response"]} for r in ToyTask(seed=seed).rows("binary", n)]
 
 
 def true_pairs(seed: int, n: int) -> list[dict]:
     """Held-out pairs (test split) ordered by the ground truth: chosen = the higher `quality`; equal quality dropped."""
-    from trl_ext.synthetic import ToyTask, quality
+    from trl_ext.testing.synthetic import ToyTask, quality
 
     out = []
     for row in ToyTask(seed=10_000 + seed).rows("pairs", n, split="test"):
@@ -183,7 +183,7 @@ def true_pairs(seed: int, n: int) -> list[dict]:
 
 def write_data(workdir: Path, seed: int, budget: Budget, methods: list[Method], variants: list[str]) -> dict:
     """Training data of every shape and variant, SFT data and held-out evaluation data for one seed."""
-    from trl_ext.synthetic import ToyTask
+    from trl_ext.testing.synthetic import ToyTask
 
     root = workdir / f"seed{seed}" / "data"
     paths: dict[str, Any] = {"sft": str(write_jsonl([_plain(r) for r in sft_rows(seed, 4000)], root / "sft.jsonl"))}
@@ -263,7 +263,8 @@ def common_flags(method_recipe: str, data: str, output_dir: Path, model: str, st
 def evaluate(model, tokenizer, data: dict, budget: Budget, seed: int, *, with_reference: bool) -> dict[str, float]:
     """Ground-truth score, well-formedness, length, KL and held-out preference accuracy of `model`."""
     from trl_ext import evaluation as ev
-    from trl_ext.synthetic import BAD_WORDS, GOOD_WORDS, quality
+    from trl_ext.testing.synthetic import BAD_WORDS, GOOD_WORDS, quality
+    from trl_ext.tokenization import pad_token_id
 
     vocabulary = set(GOOD_WORDS) | set(BAD_WORDS)
     prompts = [r["prompt"] for r in read_jsonl(data["test_prompts"])]
@@ -284,7 +285,7 @@ def evaluate(model, tokenizer, data: dict, budget: Budget, seed: int, *, with_re
     if with_reference:
         out["preference_accuracy"] = pair_metrics["preference_accuracy"]
         out["reward_margin"] = pair_metrics["reward_margin"]
-        kl = ev.kl_to_reference(model, gens, pad_token_id=ev._pad_id(tokenizer), batch_size=64, progress=False)
+        kl = ev.kl_to_reference(model, gens, pad_token_id=pad_token_id(tokenizer), batch_size=64, progress=False)
         out["kl_per_token"] = kl.per_token
         out["kl_per_sequence"] = kl.per_sequence
     out["samples"] = gens.completions[:4]
@@ -292,12 +293,11 @@ def evaluate(model, tokenizer, data: dict, budget: Budget, seed: int, *, with_re
 
 
 def load_adapter(adapter_dir: str | Path, base_dir: str | Path):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The trained adapter on the SFT model it started from (its reference: the adapter disabled)."""
+    from trl_ext import models
 
-    base = AutoModelForCausalLM.from_pretrained(str(base_dir))
-    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
-    return model, AutoTokenizer.from_pretrained(str(base_dir))
+    model, _, tokenizer = models.load_policy(str(adapter_dir), str(base_dir))
+    return model, tokenizer
 
 
 # ------------------------------------------------------------------------------------------------ jobs
@@ -379,8 +379,9 @@ def run_job(job: Job, ctx: dict) -> dict:
         folder = load_recipe("reward").main(argv)
         wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
         from trl_ext import evaluation as ev
+        from trl_ext import models
 
-        rm, rm_tok = ev.load_reward_model(str(folder))
+        rm, rm_tok = models.load_reward_model(str(folder))
         acc = ev.reward_model_accuracy(rm, rm_tok, read_jsonl(data["test_pairs"]), batch_size=64, progress=False)
         return {
             "model": str(folder),
@@ -406,8 +407,9 @@ def run_job(job: Job, ctx: dict) -> dict:
     metrics = evaluate(model, tokenizer, data, budget, seed=job.seed, with_reference=True)
     if (Path(folder) / "reward_model").is_dir():  # a reward model the recipe trained itself (online GRPO)
         from trl_ext import evaluation as ev
+        from trl_ext import models
 
-        rm, rm_tok = ev.load_reward_model(str(Path(folder) / "reward_model"), sft_dir)
+        rm, rm_tok = models.load_reward_model(str(Path(folder) / "reward_model"), sft_dir)
         pairs = read_jsonl(data["test_pairs"])
         metrics.update(ev.reward_model_accuracy(rm, rm_tok, pairs, batch_size=64, progress=False))
     return {
@@ -829,7 +831,7 @@ def main(argv: list[str] | None = None) -> dict:
     import transformers  # noqa: F401
     import trl  # noqa: F401
 
-    from trl_ext.tiny import tiny_model_path
+    from trl_ext.testing.tiny import tiny_model_path
 
     torch.set_num_threads(1)
     tiny_model_path()  # build the tiny model once, before the children need it

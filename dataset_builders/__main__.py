@@ -74,9 +74,14 @@ def _parser() -> argparse.ArgumentParser:
         "--grpo-mode", choices=("offline", "online"), help="offline: prompt/responses/ranking; online: prompt only"
     )
     convert_cmd.add_argument(
-        "--length-source", choices=("chars", "tokens"), help="ipo without declared lengths: count characters or tokens"
+        "--count-lengths", choices=("chars", "tokens"), help="ipo without declared lengths: count characters or tokens"
     )
-    convert_cmd.add_argument("--tokenizer", help="tokenizer name or path for --length-source tokens")
+    convert_cmd.add_argument("--tokenizer", help="tokenizer name or path for --count-lengths tokens")
+    convert_cmd.add_argument(
+        "--sft-target-rejected",
+        choices=("refuse", "swap"),
+        help='orpo: rows with sft_target "rejected" are refused (default) or trained as the swapped pair',
+    )
     return parser
 
 
@@ -89,8 +94,9 @@ _OPTION_FLAGS = (
     "on_error",
     "pair_strategy",
     "grpo_mode",
-    "length_source",
+    "count_lengths",
     "tokenizer",
+    "sft_target_rejected",
 )
 
 

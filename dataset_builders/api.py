@@ -25,11 +25,12 @@ OPTIONS = {
     "ranking_format": ("ranks", "order"),
     "allow_ties": (True, False),
     "grpo_mode": ("offline", "online"),
-    "length_source": ("chars", "tokens"),
+    "count_lengths": ("chars", "tokens"),
     "tokenizer": None,  # a name for AutoTokenizer.from_pretrained, or a tokenizer object
     "conversational": (True, False),
     "split": None,  # for Hub ids, DatasetDicts and save_to_disk folders holding several splits
     "score_key": None,  # UltraFeedback-style import: the completion field holding the score
+    "sft_target_rejected": ("refuse", "swap"),  # orpo: what sft_target "rejected" means (see resolve_sft_target)
 }
 
 
@@ -59,6 +60,27 @@ def _check_options(options: dict[str, Any]) -> None:
         allowed = OPTIONS[key]
         if allowed is not None and value is not None and value not in allowed:
             raise ValueError(f"option {key}={value!r}: expected one of {allowed}")
+
+
+def _check_sft_target_rejected(piece: Source, choice: str) -> None:
+    """ORPO imitates and prefers one answer. `sft_target: "rejected"` asks to imitate the rejected one, which ORPO
+    can only do by also preferring it over the chosen one, against the row's label: refused unless asked for."""
+    if choice == "swap" or "sft_target" not in piece.table.column_names:
+        return
+    target = piece.table.column("sft_target")
+    if not pa.types.is_string(target.type) and not pa.types.is_large_string(target.type):
+        return
+    keyword = pc.utf8_lower(pc.utf8_trim_whitespace(target))
+    hits = pc.indices_nonzero(pc.fill_null(pc.equal(keyword, "rejected"), False))
+    if len(hits):
+        raise piece.error(
+            'sft_target "rejected" for orpo: ORPO trains one answer to be both imitated and preferred, so it would '
+            "prefer the rejected answer over the chosen one, against this row's preference. Use dpo/ipo for the "
+            'preference, or pass sft_target_rejected="swap" (CLI: --sft-target-rejected swap) to train on the swapped '
+            f"pair on purpose ({len(hits)} such row(s))",
+            int(hits[0].as_py()),
+            "sft_target",
+        )
 
 
 def _resolve_shape(src: Source, shape: str | None) -> str:
@@ -122,6 +144,8 @@ def _load(
 
             piece, piece_shape = import_source(piece, shape, options)
         piece = _implicit_prompt(piece, piece_shape)
+        if method == "orpo" and piece_shape == "pairs_sft_target":
+            _check_sft_target_rejected(piece, options.get("sft_target_rejected") or "refuse")
         checked = validate(
             piece,
             piece_shape,
@@ -182,10 +206,13 @@ def load(source: Any, method: str | None = None, shape: str | None = None, **opt
                 (response numbers, 1-based, from best to worst).
             allow_ties: pairwise_ab rows with preference "tie" are accepted (they make no pair).
             grpo_mode: "offline" (default: prompt, responses, ranking) or "online" (prompt only).
-            length_source: ipo without declared lengths: "chars" or "tokens" (with `tokenizer`).
+            count_lengths: ipo without declared lengths: "chars" or "tokens" (with `tokenizer`).
             conversational: wrap plain strings as chat messages (HH-RLHF: parse the transcript into turns).
             split: the split of a Hub id or DatasetDict (default "train").
             score_key: UltraFeedback-style import: the score field of each completion.
+            sft_target_rejected: orpo, rows whose `sft_target` is "rejected": "refuse" (default: an error naming
+                the row, since ORPO's one answer is both imitated and preferred) or "swap" (train on the swapped pair:
+                the rejected answer becomes the preferred one, explicitly against the row's label).
 
     Raises:
         DataError: one line naming the source, the row (line for JSONL) and the field.

@@ -220,8 +220,9 @@ def _refusal(shape: str, method: str) -> str:
 
 
 def resolve_sft_target(table: pa.Table) -> pa.Table:
-    """ORPO: `chosen` must be the SFT target. sft_target "chosen" keeps the pair, "rejected" swaps it, any other
-    text becomes `chosen` (the rejected response stays)."""
+    """ORPO: `chosen` must be the SFT target. sft_target "chosen" keeps the pair, any other text becomes `chosen` (the
+    rejected response stays), "rejected" swaps the pair (for ORPO only with `sft_target_rejected="swap"`: `load`
+    refuses such rows otherwise, as the swap prefers the rejected answer); SFT takes the resolved `chosen`."""
     chosen, rejected = _same_type(table.column("chosen"), table.column("rejected"))
     target = table.column("sft_target")
     if is_messages_type(target.type):  # a literal message list for every row
@@ -270,35 +271,35 @@ def _tokenizer(value: Any) -> Any:
 
 
 def with_lengths(table: pa.Table, shape: str, options: dict[str, Any], source: str) -> pa.Table:
-    """IPO columns: declared lengths kept as given; otherwise computed by the explicit `length_source` option."""
+    """IPO columns: declared lengths kept as given; otherwise computed by the explicit `count_lengths` option."""
     columns = {
         "prompt": table.column("prompt"),
         "chosen": table.column("chosen"),
         "rejected": table.column("rejected"),
     }
     if "chosen_length" in table.column_names and "rejected_length" in table.column_names:
-        if options.get("length_source"):
+        if options.get("count_lengths"):
             logger.info(
-                "%s: keeping the declared chosen_length/rejected_length (length_source=%r not used)",
+                "%s: keeping the declared chosen_length/rejected_length (count_lengths=%r not used)",
                 source,
-                options["length_source"],
+                options["count_lengths"],
             )
         columns["chosen_length"] = table.column("chosen_length")
         columns["rejected_length"] = table.column("rejected_length")
         return pa.table(columns)
-    length_source = options.get("length_source")
-    if length_source not in ("chars", "tokens"):
+    count_lengths = options.get("count_lengths")
+    if count_lengths not in ("chars", "tokens"):
         raise DataError(
             source,
-            "ipo needs chosen_length and rejected_length, and the data declares none; pass length_source='chars', "
-            "or length_source='tokens' with tokenizer=<name or tokenizer> (CLI: --length-source chars | "
-            "--length-source tokens --tokenizer NAME), or add the fields (shape pairs_with_lengths)",
+            "ipo needs chosen_length and rejected_length, and the data declares none; pass count_lengths='chars', "
+            "or count_lengths='tokens' with tokenizer=<name or tokenizer> (CLI: --count-lengths chars | "
+            "--count-lengths tokens --tokenizer NAME), or add the fields (shape pairs_with_lengths)",
         )
     tokenizer = None
-    if length_source == "tokens":
+    if count_lengths == "tokens":
         if options.get("tokenizer") is None:
             raise DataError(
-                source, "length_source='tokens' needs tokenizer=<name or tokenizer object> (CLI: --tokenizer NAME)"
+                source, "count_lengths='tokens' needs tokenizer=<name or tokenizer object> (CLI: --tokenizer NAME)"
             )
         tokenizer = _tokenizer(options["tokenizer"])
     columns["chosen_length"] = text_lengths(columns["chosen"], tokenizer)

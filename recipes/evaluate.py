@@ -125,11 +125,11 @@ def main(argv=None):
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout
     )
 
-    from trl_ext import eval_report, evaluation
+    from trl_ext import eval_report, evaluation, models
 
     data = load_eval_data(args)
     logger.info("Data (%s): %d pairs, %d labelled rows, %d prompts", data["shape"], len(data["pairs"]), len(data["labelled"]), len(data["prompts"]))  # fmt: skip
-    model, ref_model, tokenizer = evaluation.load_policy(
+    model, ref_model, tokenizer = models.load_policy(
         args.model_name_or_path,
         args.base_model_name_or_path,
         dtype=args.dtype,
@@ -145,7 +145,7 @@ def main(argv=None):
         )
     reward_model = reward_tokenizer = None
     if args.reward_model_name_or_path:
-        reward_model, reward_tokenizer = evaluation.load_reward_model(
+        reward_model, reward_tokenizer = models.load_reward_model(
             args.reward_model_name_or_path, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
             device="cuda" if _cuda() else None,
         )  # fmt: skip

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOTrainer, RewardConfig, RewardTrainer
 
-from trl_ext import RankedGRPOConfig, RankedGRPOTrainer, recipe
-from trl_ext.ranked_grpo import PlackettLuceRewardTrainer, RewardModelScorer, load_reward_model
+from trl_ext import RankedGRPOConfig, RankedGRPOTrainer, models, recipe
+from trl_ext.ranked_grpo import PlackettLuceRewardTrainer, RewardModelScorer
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +81,11 @@ def make_parser():
 
 def main(argv=None):
     args, training_args, model_args, grpo_args = recipe.parse(make_parser(), argv, script=__file__)
-    tokenizer = recipe.load_tokenizer(model_args, training_args)
+    tokenizer = models.load_tokenizer(model_args, training_args)
     if grpo_args.mode == "online":
         trainer, train_ds, eval_ds = online_trainer(args, training_args, model_args, grpo_args, tokenizer)
     else:
-        model = recipe.load_model(model_args, training_args)
+        model = models.load_model(model_args, training_args)
         train_ds, eval_ds = recipe.load_datasets(args, method="grpo", seed=training_args.seed)
         trainer = RankedGRPOTrainer(
             model=model,
@@ -93,7 +93,7 @@ def main(argv=None):
             train_dataset=train_ds,
             eval_dataset=eval_ds,
             processing_class=tokenizer,
-            peft_config=recipe.lora_config(model_args),  # reference = this base with the adapter disabled
+            peft_config=models.lora_config(model_args),  # reference = this base with the adapter disabled
             callbacks=recipe.callbacks(),
         )
     metrics = recipe.train(trainer)
@@ -112,42 +112,30 @@ def online_trainer(args, training_args, model_args, grpo_args, tokenizer):
     reward_model, reward_tokenizer = reward_model_for(groups, args, training_args, model_args, grpo_args, tokenizer)
     # The same rows as the groups above (same seeded split), prompts only
     train_ds, eval_ds = (None if d is None else d.select_columns(["prompt"]) for d in (groups, eval_groups))
+    scorer = RewardModelScorer(reward_model, reward_tokenizer, rank_within_group=grpo_args.rank_within_group)
     trainer = GRPOTrainer(
-        model=recipe.load_model(model_args, training_args),
-        reward_funcs=[
-            RewardModelScorer(reward_model, reward_tokenizer, rank_within_group=grpo_args.rank_within_group)
-        ],
+        model=models.load_model(model_args, training_args),
+        reward_funcs=[scorer],
         args=training_args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        peft_config=recipe.lora_config(model_args),
+        peft_config=models.lora_config(model_args),
         callbacks=recipe.callbacks(),
     )
+    scorer.attach(trainer)  # groups of num_generations, whole across processes
     return trainer, train_ds, eval_ds
 
 
 def reward_model_for(groups, args, training_args, model_args, grpo_args, tokenizer):
     """The reward model: `reward_model_path`, or one trained here on the training groups (and saved), or the one an
     earlier run of this recipe saved in `<output_dir>/reward_model` when resuming."""
-    import torch
-    from accelerate import PartialState
-    from trl import get_quantization_config
-
     saved = os.path.join(training_args.output_dir, "reward_model")
     path = grpo_args.reward_model_path
     if path is None and training_args.resume_from_checkpoint and os.path.exists(os.path.join(saved, "config.json")):
         path = saved
     if path is not None:
-        quantization = get_quantization_config(model_args)
-        on_gpu = quantization is not None and not training_args.use_cpu
-        return load_reward_model(
-            path,
-            dtype=model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype),
-            quantization_config=quantization,
-            device_map={"": PartialState().local_process_index} if on_gpu else None,
-            trust_remote_code=training_args.trust_remote_code,
-        )
+        return models.load_reward_model_for_run(path, model_args, training_args)
 
     rm_args = RewardConfig(
         output_dir=saved,
@@ -171,7 +159,7 @@ def reward_model_for(groups, args, training_args, model_args, grpo_args, tokeniz
         save_strategy="no",
         eval_strategy="no",
     )
-    model = recipe.load_model(model_args, rm_args, head="seq-cls", num_labels=1, tokenizer=tokenizer)
+    model = models.load_model(model_args, rm_args, head="seq-cls", num_labels=1, tokenizer=tokenizer)
     if grpo_args.reward_loss == "plackett_luce":
         trainer_cls, data = PlackettLuceRewardTrainer, groups
     else:
@@ -184,7 +172,7 @@ def reward_model_for(groups, args, training_args, model_args, grpo_args, tokeniz
         args=rm_args,
         train_dataset=data,
         processing_class=tokenizer,
-        peft_config=recipe.lora_config(model_args, head="seq-cls"),
+        peft_config=models.lora_config(model_args, head="seq-cls"),
         callbacks=recipe.callbacks(),
     )
     result = rm_trainer.train()

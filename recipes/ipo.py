@@ -16,7 +16,7 @@ reference model is the base with the adapter disabled.
         --dataset_path my_pairs.jsonl --length_source tokens
 """
 
-from trl_ext import LengthAwareIPOConfig, LengthAwareIPOTrainer, recipe
+from trl_ext import LengthAwareIPOConfig, LengthAwareIPOTrainer, models, recipe
 
 
 def make_parser():
@@ -25,8 +25,8 @@ def make_parser():
 
 def main(argv=None):
     args, training_args, model_args = recipe.parse(make_parser(), argv, script=__file__)
-    tokenizer = recipe.load_tokenizer(model_args, training_args)
-    model = recipe.load_model(model_args, training_args)
+    tokenizer = models.load_tokenizer(model_args, training_args)
+    model = models.load_model(model_args, training_args)
     # Declared lengths come with the data (dataset_builders' "ipo" columns); measured ones are counted by the
     # trainer, which then takes the same columns as DPO.
     data_method = "ipo" if training_args.length_source == "declared" else "dpo"
@@ -38,7 +38,7 @@ def main(argv=None):
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        peft_config=recipe.lora_config(model_args),
+        peft_config=models.lora_config(model_args),
         callbacks=recipe.callbacks(),
     )
     metrics = recipe.train(trainer)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from trl import KTOConfig, KTOTrainer
 
 import dataset_builders
-from trl_ext import recipe
+from trl_ext import models, recipe
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ def make_parser():
 
 def main(argv=None):
     args, training_args, model_args, kto_args = recipe.parse(make_parser(), argv, script=__file__)
-    tokenizer = recipe.load_tokenizer(model_args, training_args)
-    model = recipe.load_model(model_args, training_args)
+    tokenizer = models.load_tokenizer(model_args, training_args)
+    model = models.load_model(model_args, training_args)
     train_ds, eval_ds = recipe.load_datasets(args, method="kto", seed=training_args.seed)
     if kto_args.class_weights == "auto":
         classes = dataset_builders.kto_class_weights(train_ds)
@@ -54,7 +54,7 @@ def main(argv=None):
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        peft_config=recipe.lora_config(model_args),
+        peft_config=models.lora_config(model_args),
         callbacks=recipe.callbacks(),
     )
     metrics = recipe.train(trainer)

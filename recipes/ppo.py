@@ -14,9 +14,7 @@ The whole pipeline (SFT -> reward model -> PPO) is one command: `python recipes/
         --model_name_or_path my-sft-model --reward_model_path my-reward-model --dataset_path my_prompts.jsonl
 """
 
-import os
-
-from trl_ext import recipe
+from trl_ext import models, recipe
 from trl_ext.ppo import PPOConfig, PPOTrainer
 from trl_ext.ppo.rewards import import_reward_function
 
@@ -27,44 +25,17 @@ def make_parser():
 
 def load_reward_model(training_args, model_args):
     """The reward: a rule-based function, or the reward model and its tokenizer, in the policy's quantization."""
-    import torch
-    from accelerate import PartialState
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from trl import get_quantization_config
-
-    from trl_ext.tiny import resolve_model_name
-
     if training_args.reward_function:
         return import_reward_function(training_args.reward_function), None
     if not training_args.reward_model_path:
         raise ValueError("PPO needs reward_model_path (a model from recipes/reward.py) or reward_function")
-    path = resolve_model_name(training_args.reward_model_path)
-    is_adapter = os.path.exists(os.path.join(path, "adapter_config.json"))
-    base = path
-    if is_adapter:
-        from peft import PeftConfig
-
-        base = resolve_model_name(PeftConfig.from_pretrained(path).base_model_name_or_path)
-    quantization_config = get_quantization_config(model_args)
-    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    kwargs = {"num_labels": 1, "dtype": dtype, "trust_remote_code": training_args.trust_remote_code}
-    if quantization_config is not None:  # inference only: no k-bit training preparation (it upcasts to fp32)
-        quantization_config.bnb_4bit_compute_dtype = dtype
-        kwargs["quantization_config"] = quantization_config
-        if torch.cuda.is_available():
-            kwargs["device_map"] = {"": PartialState().local_process_index}
-    model = AutoModelForSequenceClassification.from_pretrained(base, **kwargs)
-    if is_adapter:  # LoRA weights and the trained score head (saved as modules_to_save)
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, path)
-    return model, AutoTokenizer.from_pretrained(path)
+    return models.load_reward_model_for_run(training_args.reward_model_path, model_args, training_args)
 
 
 def main(argv=None):
     args, training_args, model_args = recipe.parse(make_parser(), argv, script=__file__)
-    tokenizer = recipe.load_tokenizer(model_args, training_args)
-    model = recipe.load_model(model_args, training_args)
+    tokenizer = models.load_tokenizer(model_args, training_args)
+    model = models.load_model(model_args, training_args)
     reward_model, reward_tokenizer = load_reward_model(training_args, model_args)
     train_ds, eval_ds = recipe.load_datasets(args, method="ppo", seed=training_args.seed)
     trainer = PPOTrainer(
@@ -75,7 +46,7 @@ def main(argv=None):
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         reward_processing_class=reward_tokenizer,
-        peft_config=recipe.lora_config(model_args),  # reference = this base with the adapter disabled
+        peft_config=models.lora_config(model_args),  # reference = this base with the adapter disabled
         callbacks=recipe.callbacks(),
     )
     metrics = recipe.train(trainer)

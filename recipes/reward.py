@@ -13,7 +13,7 @@ can turn into chosen/rejected. With LoRA the new score head is trained in full (
 
 from trl import RewardConfig, RewardTrainer
 
-from trl_ext import recipe
+from trl_ext import models, recipe
 
 
 def make_parser():
@@ -22,8 +22,8 @@ def make_parser():
 
 def main(argv=None):
     args, training_args, model_args = recipe.parse(make_parser(), argv, script=__file__)
-    tokenizer = recipe.load_tokenizer(model_args, training_args)
-    model = recipe.load_model(model_args, training_args, head="seq-cls", num_labels=1, tokenizer=tokenizer)
+    tokenizer = models.load_tokenizer(model_args, training_args)
+    model = models.load_model(model_args, training_args, head="seq-cls", num_labels=1, tokenizer=tokenizer)
     train_ds, eval_ds = recipe.load_datasets(args, method="reward", seed=training_args.seed)
     trainer = RewardTrainer(
         model=model,
@@ -31,7 +31,7 @@ def main(argv=None):
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        peft_config=recipe.lora_config(model_args, head="seq-cls"),
+        peft_config=models.lora_config(model_args, head="seq-cls"),
         callbacks=recipe.callbacks(),
     )
     metrics = recipe.train(trainer)

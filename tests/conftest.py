@@ -21,7 +21,7 @@ TEST_DATA = REPO_ROOT / "tests" / "data"  # real public data kept with the tests
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    from trl_ext.tiny import tiny_model_path as build
+    from trl_ext.testing.tiny import tiny_model_path as build
 
     return build()
 

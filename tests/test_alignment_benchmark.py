@@ -8,7 +8,7 @@ import sys
 import pytest
 from _recipe_utils import REPO_ROOT, load_recipe
 
-from trl_ext.synthetic import quality
+from trl_ext.testing.synthetic import quality
 
 
 def _bench():
@@ -155,7 +155,8 @@ def test_the_documented_evaluate_command(tmp_path):
                                   "--output_dir", str(out / "eval"), "--update_model_card", "true",
                                   "--num_prompts", "8", "--max_new_tokens", "24"])  # fmt: skip
     metrics = json.loads((out / "eval" / "metrics.json").read_text())["metrics"]
-    assert metrics["n_pairs"] == 256 and 0 <= metrics["preference_accuracy"] <= 1
+    assert metrics["n_pairs"] == 256
+    assert metrics["preference_accuracy"] > 0.5  # three DPO steps already rank chosen above rejected more often
     card = (out / "README.md").read_text()
     assert "arxiv.org/abs/2305.18290" in card and "## Evaluation" in card and "| preference_accuracy |" in card
     docs = (REPO_ROOT / "docs" / "evaluation.md").read_text()

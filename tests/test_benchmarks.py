@@ -22,13 +22,35 @@ def _load(name: str):
     return module
 
 
-def test_ipo_overhead_reports_the_ratio_of_the_medians(tmp_path):
+def test_ipo_overhead_reports_the_ratio_of_the_medians(tmp_path, monkeypatch):
+    # A fake clock: each trainer's step takes exactly the time given below, whatever the machine does, so the
+    # reported medians and ratio are known in advance.
+    module = _load("ipo_overhead")
+    clock = {"now": 0.0}
+    step_seconds = {"trl": [0.010, 0.030, 0.010, 0.011, 0.500], "length_aware": [0.013, 0.012, 0.014, 0.900, 0.013]}
+    build = module.build
+
+    def timed_build(kind, *args):
+        trainer = build(kind, *args)
+        real_step, durations = trainer.training_step, iter(step_seconds[kind])
+
+        def training_step(*a, **k):
+            out = real_step(*a, **k)
+            clock["now"] += next(durations)
+            return out
+
+        trainer.training_step = training_step
+        return trainer
+
+    monkeypatch.setattr(module, "build", timed_build)
+    monkeypatch.setattr(module.time, "perf_counter", lambda: clock["now"])
     out = tmp_path / "ipo.json"
-    result = _load("ipo_overhead").main(["--steps", "4", "--warmup", "1", "--rows", "32", "--json", str(out)])
-    median = result["median_step_ms"]
-    assert median["trl"] > 0 and median["length_aware"] > 0
-    assert result["ratio"] == pytest.approx(median["length_aware"] / median["trl"], rel=1e-3)
-    assert result["target"] == 1.05 and result["within_target"] == (result["ratio"] <= 1.05)
+    result = module.main(["--steps", "4", "--warmup", "1", "--rows", "32", "--json", str(out)])
+    # warm-up step (the first duration) untimed; medians of [0.030, 0.010, 0.011, 0.500] and [0.012, 0.014, 0.900,
+    # 0.013]: 20.5 ms and 13.5 ms
+    assert result["median_step_ms"] == {"trl": 20.5, "length_aware": 13.5}
+    assert result["ratio"] == pytest.approx(13.5 / 20.5, abs=1e-4)
+    assert result["target"] == 1.05 and result["within_target"] is True
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
 
 

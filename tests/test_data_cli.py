@@ -12,7 +12,7 @@ from conftest import REPO_ROOT
 
 from dataset_builders import load
 from dataset_builders.__main__ import main
-from trl_ext.synthetic import ToyTask
+from trl_ext.testing.synthetic import ToyTask
 
 
 @pytest.fixture
@@ -88,10 +88,10 @@ def test_convert_kto_prints_class_weights(tmp_path, capsys):
     assert load(tmp_path / "kto.jsonl").column_names == ["prompt", "response", "label"]
 
 
-def test_convert_ipo_with_length_source(tmp_path):
+def test_convert_ipo_with_count_lengths(tmp_path):
     path = ToyTask(seed=9).write_jsonl("pairs", 5, tmp_path / "pairs.jsonl")
     out = tmp_path / "ipo.jsonl"
-    assert main(["convert", str(path), "--method", "ipo", "--length-source", "chars", "--output", str(out)]) == 0
+    assert main(["convert", str(path), "--method", "ipo", "--count-lengths", "chars", "--output", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(r["chosen_length"] == len(r["chosen"]) for r in rows)
 

@@ -14,7 +14,7 @@ import pytest
 
 import dataset_builders
 from dataset_builders import DataError, detect, load
-from trl_ext.synthetic import ToyTask
+from trl_ext.testing.synthetic import ToyTask
 
 FORMS = ("json", "jsonl", "jsonc", "csv", "parquet", "jsonl.gz", "csv.gz", "json.gz", "save_to_disk")
 
@@ -219,7 +219,7 @@ def test_streamed_pieces_give_the_same_rows(shape, method, tmp_path, small_block
     from dataset_builders.readers import read
 
     assert sum(1 for _ in read(path, stream=True).pieces()) > 3
-    options = {"length_source": "chars"}
+    options = {"count_lengths": "chars"}
     try:
         expected = load(rows, method=method, **options).to_list()
     except DataError as refusal:  # e.g. binary -> dpo: refused the same way

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import REPO_ROOT
 
-from dataset_builders import detect, load
+from dataset_builders import DataError, detect, load
 
 DATA = REPO_ROOT / "recipes" / "data"
 EXAMPLES = {
@@ -18,7 +18,7 @@ EXAMPLES = {
     "sft.jsonl": ("prompt_completion", 256, "sft"),
     "prompts.jsonl": ("prompts", 256, "ppo"),
     "pairs_conversational.jsonl": ("pairs", 256, "dpo"),
-    "examples_pasted.jsonc": ("pairs_sft_target", 3, "orpo"),
+    "examples_pasted.jsonc": ("pairs_sft_target", 3, "sft"),
     "pairwise_ab_handwritten.csv": ("pairwise_ab", 4, "reward"),
     "ranked_handwritten.json": ("ranked", 3, "dpo"),
 }
@@ -38,11 +38,16 @@ def test_every_example_file_is_listed():
 
 
 def test_hand_written_examples_say_what_they_mean():
-    assert load(DATA / "examples_pasted.jsonc", method="orpo")["chosen"] == [
+    haiku = "Grey waves fold on sand / gulls argue with the cold wind / the tide keeps its time"
+    assert load(DATA / "examples_pasted.jsonc", method="sft")["completion"] == [
         "Paris.",
-        "Grey waves fold on sand / gulls argue with the cold wind / the tide keeps its time",
+        haiku,
         "A spider has eight legs.",
     ]
+    with pytest.raises(DataError, match=r"examples_pasted.jsonc: row 2, field 'sft_target'"):
+        load(DATA / "examples_pasted.jsonc", method="orpo")
+    swapped = load(DATA / "examples_pasted.jsonc", method="orpo", sft_target_rejected="swap")
+    assert swapped["chosen"] == ["Paris.", haiku, "A spider has eight legs."] and swapped["rejected"][1] == "Waves."
     assert load(DATA / "pairwise_ab_handwritten.csv", method="reward")["chosen"] == [
         "Joyful.",
         "42",

@@ -6,7 +6,7 @@ import pytest
 
 import dataset_builders
 from dataset_builders import METHODS, SHAPES, DataError, kto_class_weights, load, load_with_report
-from trl_ext.synthetic import ToyTask
+from trl_ext.testing.synthetic import ToyTask
 
 COLUMNS = {
     "reward": ["prompt", "chosen", "rejected"],
@@ -31,7 +31,7 @@ def test_every_shape_to_every_method(shape, method, conversational):
         with pytest.raises(DataError, match=f"cannot build {method} data from the binary shape"):
             load(rows, method=method)
         return
-    dataset = load(rows, method=method, length_source="chars")
+    dataset = load(rows, method=method, count_lengths="chars")
     assert dataset.column_names == COLUMNS[method]
     assert len(dataset) > 0
     if conversational:
@@ -175,11 +175,16 @@ def test_sft_target_for_orpo_and_sft():
         {"prompt": "b", "chosen": "C", "rejected": "R", "sft_target": "rejected"},
         {"prompt": "c", "chosen": "C", "rejected": "R", "sft_target": "A better answer."},
     ]
-    assert load(rows, method="orpo").to_list() == [
+    # ORPO would prefer the rejected answer of row 2 against its label: refused, naming the row, unless asked for
+    with pytest.raises(DataError, match=r"row 2, field 'sft_target': sft_target \"rejected\" for orpo"):
+        load(rows, method="orpo")
+    assert load(rows, method="orpo", sft_target_rejected="swap").to_list() == [
         {"prompt": "a", "chosen": "C", "rejected": "R"},
         {"prompt": "b", "chosen": "R", "rejected": "C"},
         {"prompt": "c", "chosen": "A better answer.", "rejected": "R"},
     ]
+    kept = [rows[0], rows[2]]  # literal and "chosen" targets keep the row's preference: accepted as they are
+    assert load(kept, method="orpo")["chosen"] == ["C", "A better answer."]
     assert load(rows, method="sft")["completion"] == ["C", "R", "A better answer."]
     assert load(rows, method="dpo")["chosen"] == ["C", "C", "C"]  # sft_target only concerns ORPO's SFT term
 
@@ -207,23 +212,23 @@ def test_sft_target_as_messages_makes_the_pair_conversational():
 
 
 def test_ipo_lengths():
-    with pytest.raises(DataError, match="ipo needs chosen_length and rejected_length.*length_source='chars'"):
+    with pytest.raises(DataError, match="ipo needs chosen_length and rejected_length.*count_lengths='chars'"):
         load(PAIRS, method="ipo")
-    chars = load(PAIRS, method="ipo", length_source="chars")[0]
+    chars = load(PAIRS, method="ipo", count_lengths="chars")[0]
     assert (chars["chosen_length"], chars["rejected_length"]) == (5, 6)
-    with pytest.raises(DataError, match="length_source='tokens' needs tokenizer="):
-        load(PAIRS, method="ipo", length_source="tokens")
+    with pytest.raises(DataError, match="count_lengths='tokens' needs tokenizer="):
+        load(PAIRS, method="ipo", count_lengths="tokens")
 
     class WordTokenizer:  # any callable tokenizer with input_ids, as transformers' tokenizers are
         def __call__(self, texts, add_special_tokens=False):
             return {"input_ids": [text.split() for text in texts]}
 
     rows = [{"prompt": "p", "chosen": "one two three", "rejected": "four"}]
-    tokens = load(rows, method="ipo", length_source="tokens", tokenizer=WordTokenizer())[0]
+    tokens = load(rows, method="ipo", count_lengths="tokens", tokenizer=WordTokenizer())[0]
     assert (tokens["chosen_length"], tokens["rejected_length"]) == (3, 1)
     conversational = [{"prompt": [{"role": "user", "content": "p"}], "chosen": [{"role": "assistant", "content": "abc"}],
                        "rejected": [{"role": "assistant", "content": "de"}]}]  # fmt: skip
-    row = load(conversational, method="ipo", length_source="chars")[0]
+    row = load(conversational, method="ipo", count_lengths="chars")[0]
     assert (row["chosen_length"], row["rejected_length"]) == (3, 2)
 
 
@@ -231,7 +236,7 @@ def test_ipo_tokens_with_the_tiny_tokenizer(tiny_model_path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    row = load(PAIRS, method="ipo", length_source="tokens", tokenizer=str(tiny_model_path))[0]
+    row = load(PAIRS, method="ipo", count_lengths="tokens", tokenizer=str(tiny_model_path))[0]
     assert row["chosen_length"] == len(tokenizer("Blue.", add_special_tokens=False)["input_ids"])
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from _recipe_utils import REPO_ROOT, load_recipe
 
-from trl_ext.synthetic import ToyTask
+from trl_ext.testing.synthetic import ToyTask
 
 FAST = ["--num_prompts", "4", "--max_new_tokens", "8", "--max_pairs", "12", "--batch_size", "4"]
 
@@ -136,7 +136,7 @@ def test_the_docstring_command_names_existing_files():
 
 def test_adapter_on_a_4bit_nf4_base(adapter, tmp_path):
     """QLoRA-trained adapters are evaluated on a 4-bit base (bitsandbytes quantizes on a CPU too)."""
-    from trl_ext.evaluation import load_policy
+    from trl_ext.models import load_policy
 
     model, ref_model, _ = load_policy(str(adapter), load_in_4bit=True, dtype="float32")
     assert ref_model is None and "Linear4bit" in {type(m).__name__ for m in model.modules()}

@@ -9,6 +9,7 @@ from torch.testing import assert_close
 
 from trl_ext import eval_report
 from trl_ext import evaluation as ev
+from trl_ext.tokenization import encode_completion
 
 
 # ------------------------------------------------------------------------------------------------ pure metrics
@@ -41,7 +42,7 @@ def test_preference_accuracy_counts_ties_as_half():
 
 def test_implicit_rewards_and_margins():
     policy, ref = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -4.5])
-    rewards = ev.implicit_rewards(policy, ref)
+    rewards = ev.implicit_reward(policy, ref)
     assert_close(rewards, torch.tensor([1.0, -0.5]))
     assert_close(ev.reward_margins(rewards[:1], rewards[1:]), torch.tensor([1.5]))
 
@@ -57,20 +58,22 @@ def test_kl_estimates_by_hand():
     ref = torch.tensor([[-1.5, -1.0, -9.0], [-2.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     d = [[0.5, -1.0], [1.0]]  # log pi - log pi_ref on the masked tokens
-    k1 = ev.kl_estimate(pol, ref, mask, "k1")
+    k1 = ev.kl_summary(pol, ref, mask, "k1")
     assert k1.per_token == pytest.approx((0.5 - 1.0 + 1.0) / 3)
     assert k1.per_sequence == pytest.approx(((0.5 - 1.0) + 1.0) / 2)
-    k3 = ev.kl_estimate(pol, ref, mask, "k3")
+    k3 = ev.kl_summary(pol, ref, mask, "k3")
     f = lambda x: math.exp(-x) - 1 + x  # noqa: E731
     assert k3.per_token == pytest.approx((f(0.5) + f(-1.0) + f(1.0)) / 3, rel=1e-6)
     assert all(v >= 0 for v in k3.per_sequence_values.tolist())
+    k2 = ev.kl_summary(pol, ref, mask, "k2")  # d^2 / 2
+    assert k2.per_token == pytest.approx(sum(x * x / 2 for row in d for x in row) / 3)
+    assert k2.per_sequence_values.tolist() == pytest.approx([(0.25 + 1.0) / 2, 0.5])
     with pytest.raises(ValueError, match="estimator"):
-        ev.kl_estimate(pol, ref, mask, "k2")
-    assert d  # the arithmetic above, spelled out
+        ev.kl_summary(pol, ref, mask, "k4")
 
 
 def test_summaries():
-    s = ev.summarize([1, 2, 3, 10])
+    s = ev.describe([1, 2, 3, 10])
     assert s == {"mean": 4.0, "std": pytest.approx(math.sqrt(12.5)), "min": 1, "median": 2.5, "max": 10}
     spread = ev.mean_and_spread([1.0, 2.0, 3.0, float("nan")])
     assert spread == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "n": 3}
@@ -160,7 +163,7 @@ def test_encode_completion_matches_trl_dpo_tokenization(tiny):
         trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
         for row, tokenized in zip(rows, trainer.train_dataset):
             for side in ("chosen", "rejected"):
-                prompt_ids, completion_ids = ev.encode_completion(tokenizer, row["prompt"], row[side])
+                prompt_ids, completion_ids = encode_completion(tokenizer, row["prompt"], row[side])
                 assert prompt_ids == tokenized["prompt_ids"]
                 assert completion_ids == tokenized[f"{side}_ids"]
 
@@ -227,12 +230,19 @@ def test_reward_scores_and_accuracy_of_a_reward_model(tiny_model_path, tiny):
         with torch.no_grad():
             assert scores[i].item() == pytest.approx(rm(ids).logits[0, 0].item(), abs=1e-4)
     acc = ev.reward_model_accuracy(rm, tokenizer, PAIRS, progress=False)
-    rejected = ev.reward_scores(rm, tokenizer, prompts, [p["rejected"] for p in PAIRS], progress=False)
-    assert acc["reward_model_accuracy"] == pytest.approx(ev.preference_accuracy(scores, rejected))
+    by_hand = []
+    for p in PAIRS:  # the same pairs scored one at a time, by hand
+        chosen, rejected = (
+            rm(torch.tensor([tokenizer(p["prompt"] + p[side])["input_ids"] + [tokenizer.eos_token_id]])).logits[0, 0]
+            for side in ("chosen", "rejected")
+        )
+        by_hand.append((chosen - rejected).item())
+    assert acc["reward_model_accuracy"] == pytest.approx(sum((m > 0) + 0.5 * (m == 0) for m in by_hand) / len(PAIRS))
+    assert acc["reward_model_margin"] == pytest.approx(sum(by_hand) / len(PAIRS), abs=1e-4)
 
 
 def test_evaluate_policy_reports_everything(tiny_model_path, tiny):
-    from trl_ext.synthetic import quality
+    from trl_ext.testing.synthetic import quality
 
     model = _peft(tiny_model_path, init_lora_weights=False)
     _, tokenizer = tiny
@@ -246,11 +256,20 @@ def test_evaluate_policy_reports_everything(tiny_model_path, tiny):
                 "label_auc", "kl_per_token", "length_mean", "reference_length_mean", "win_rate", "score_mean"):  # fmt: skip
         assert key in m, key
     assert m["n_pairs"] == 3 and len(report["distributions"]["length_after"]) == 4
-    margins = report["distributions"]
+    # each pair's implicit-reward margin, summed log-probabilities computed by hand under the policy and the reference
+    expected = []
+    for p in PAIRS:
+        policy = {side: _hand_logp(model, tokenizer, p["prompt"], p[side]) for side in ("chosen", "rejected")}
+        with model.disable_adapter():
+            ref = {side: _hand_logp(model, tokenizer, p["prompt"], p[side]) for side in ("chosen", "rejected")}
+        expected.append((policy["chosen"] - ref["chosen"]) - (policy["rejected"] - ref["rejected"]))
     assert_close(
-        torch.tensor(margins["implicit_reward_margin"]),
-        torch.tensor(margins["margin_after"]) - torch.tensor(margins["margin_before"]),
+        torch.tensor(report["distributions"]["implicit_reward_margin"]), torch.tensor(expected), atol=1e-4, rtol=0
     )
+    assert m["reward_margin"] == pytest.approx(sum(expected) / 3, abs=1e-4)
+    assert m["preference_accuracy"] == pytest.approx(sum(x > 0 for x in expected) / 3)
+    # the policy's mean score is the mean true quality of its own samples (all 4 are in report["samples"])
+    assert m["score_mean"] == pytest.approx(sum(quality(r["policy"]) for r in report["samples"]) / 4)
 
 
 # ------------------------------------------------------------------------------------------------ reports

@@ -14,13 +14,14 @@ from trl import RewardConfig, RewardTrainer
 from trl_ext.ranked_grpo import (
     PlackettLuceRewardTrainer,
     RewardModelScorer,
-    consecutive_groups,
-    implicit_rewards,
+    group_implicit_rewards,
     kendall_tau,
+    layout_group_index,
+    ranks_across_processes,
     ranks_within_groups,
-    reward_model_input_ids,
 )
-from trl_ext.synthetic import ToyTask, quality
+from trl_ext.testing.synthetic import ToyTask, quality
+from trl_ext.tokenization import encode_sequence
 
 CPU = dict(use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no", seed=0)
 
@@ -45,10 +46,37 @@ def reward_model(tiny_model_path):
 # --- ranks within groups ---------------------------------------------------------------------------------------
 def test_ranks_within_groups_by_hand():
     scores = torch.tensor([0.3, 9.0, -2.0, 0.3, 5.0, 1.0])
-    groups = consecutive_groups(["a", "a", "a", "a", "b", "b"])
-    assert groups.tolist() == [0, 0, 0, 0, 1, 1]
-    # group a: ranks 2, 1, 4, 2 (0.3 twice: a tie) -> (4 - rank) / 3; group b: ranks 1, 2 -> 1, 0
-    assert_close(ranks_within_groups(scores, groups), torch.tensor([2 / 3, 1.0, 0.0, 2 / 3, 1.0, 0.0]))
+    groups = torch.tensor([0, 0, 0, 0, 1, 1])
+    # group a: 9.0 first, the two 0.3 share positions 2 and 3 (2.5 each), -2.0 last -> (4 - position) / 3;
+    # group b: positions 1, 2 -> 1, 0
+    assert_close(ranks_within_groups(scores, groups), torch.tensor([0.5, 1.0, 0.0, 0.5, 1.0, 0.0]))
+
+
+def test_groups_follow_trl_layout_not_prompt_text():
+    # two groups of the same prompt next to each other stay two groups of num_generations
+    assert layout_group_index(8, 4).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match="num_generations=4"):
+        layout_group_index(6, 4)
+
+
+def test_a_group_split_across_processes_is_ranked_whole():
+    # 2 processes, per-device batch 2, num_generations 4: one group of 4 straddles the two processes. Ranked per
+    # process, [7.18, 6.45] and [13.02, 11.35] would each become [1, 0].
+    local = {0: torch.tensor([7.18, 6.45]), 1: torch.tensor([13.02, 11.35])}
+    everything = torch.cat([local[0], local[1]])
+    for rank, expected in ((0, [1 / 3, 0.0]), (1, [1.0, 2 / 3])):
+        out = ranks_across_processes(local[rank], 4, gather=lambda t: everything, process_index=rank)
+        assert_close(out, torch.tensor(expected))
+
+
+def test_scorer_uses_the_trainers_group_size_not_prompt_runs(reward_model):
+    model, tokenizer = reward_model
+    scorer = RewardModelScorer(model, tokenizer, rank_within_group=True, num_generations=2)
+    prompts = ["same prompt"] * 4  # two groups of 2 of one prompt: not one group of 4
+    out = scorer(prompts, ["a", "bb", "ccc", "dddd"])
+    assert sorted(out[:2]) == [0.0, 1.0] and sorted(out[2:]) == [0.0, 1.0]
+    with pytest.raises(ValueError, match="group size"):
+        RewardModelScorer(model, tokenizer, rank_within_group=True)(prompts, ["a", "b", "c", "d"])
 
 
 def test_ranks_do_not_depend_on_the_reward_scale():
@@ -64,7 +92,7 @@ def test_reward_inputs_are_what_reward_trainer_trains_on(reward_model, tmp_path,
     pair = ToyTask(conversational=conversational).rows("pairs", 1)[0]
     trainer = RewardTrainer(model, args=RewardConfig(str(tmp_path), **CPU), train_dataset=Dataset.from_list([pair]),
                             processing_class=tokenizer)  # fmt: skip
-    assert reward_model_input_ids(tokenizer, pair["prompt"], pair["chosen"]) == trainer.train_dataset[0]["chosen_ids"]
+    assert encode_sequence(tokenizer, pair["prompt"], pair["chosen"]) == trainer.train_dataset[0]["chosen_ids"]
     assert trainer.train_dataset[0]["chosen_ids"][-1] == tokenizer.eos_token_id  # the score is read at EOS
 
     batch = trainer.data_collator([trainer.train_dataset[0]])
@@ -77,7 +105,7 @@ def test_reward_inputs_are_what_reward_trainer_trains_on(reward_model, tmp_path,
 
 def test_scorer_ranks_within_each_group_of_completions(reward_model):
     model, tokenizer = reward_model
-    scorer = RewardModelScorer(model, tokenizer, rank_within_group=True)
+    scorer = RewardModelScorer(model, tokenizer, rank_within_group=True, num_generations=4)
     rewards = scorer(["p1"] * 4 + ["p2"] * 4, [" sun", " mud", " owl sea", " rot"] * 2)
     scores = scorer.scores(["p1"] * 4 + ["p2"] * 4, [" sun", " mud", " owl sea", " rot"] * 2)
     for group in (slice(0, 4), slice(4, 8)):  # each group's best gets 1, its worst 0, in the reward model's order
@@ -201,7 +229,7 @@ def _sample_quality(model, tokenizer) -> float:
 
 
 def _heldout_tau(model, tokenizer) -> float:
-    rewards = implicit_rewards(model, tokenizer, HELD_OUT)
+    rewards = group_implicit_rewards(model, tokenizer, HELD_OUT)
     taus = [kendall_tau(r, [quality(m[0]["content"]) for m in row["responses"]]) for r, row in zip(rewards, HELD_OUT)]
     return sum(taus) / len(taus)
 

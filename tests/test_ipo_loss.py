@@ -137,3 +137,14 @@ def test_auto_length_penalty_hand_computed():
     assert float((d * length_adjusted_target(BETA, alpha, d)).sum()) == pytest.approx(0.0, abs=1e-6)
     assert auto_length_penalty(torch.zeros(5), BETA) == 0.0  # equal lengths everywhere
     assert auto_length_penalty(torch.tensor([0.5, -0.5, 1.0, -1.0]), BETA) == 0.0  # no confound
+
+
+def test_auto_length_penalty_never_asks_for_the_rejected_answer():
+    # winners always longer: the unconstrained slope is 0.77 (target 1 - 0.77 * 1.92 = -0.479 for the last pair)
+    d = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.92])
+    alpha = auto_length_penalty(d, 0.5)
+    assert alpha == pytest.approx(0.9 / 1.92)  # the least-squares slope clipped so the smallest target is 0.1
+    targets = length_adjusted_target(0.5, alpha, d)
+    assert float(targets.min()) == pytest.approx(0.1) and bool((targets > 0).all())
+    # the same with winners always shorter (negative slope)
+    assert float(length_adjusted_target(0.5, auto_length_penalty(-d, 0.5), -d).min()) == pytest.approx(0.1)

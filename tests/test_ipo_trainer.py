@@ -1,11 +1,8 @@
 """LengthAwareIPOTrainer on the tiny model: TRL's IPO in the limit case, every variant's plumbing, lengths through
 TRL's data pipeline, clear errors, and (slow) a learning test on a length-confounded synthetic task."""
 
-import inspect
-
 import pytest
 import torch
-import trl
 from datasets import Dataset
 from peft import LoraConfig
 from torch.testing import assert_close
@@ -13,8 +10,8 @@ from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer, TrlParser
 
 from trl_ext import LengthAwareIPOConfig, LengthAwareIPOTrainer
-from trl_ext.ipo import length_aware_ipo_loss, relative_length_difference
-from trl_ext.synthetic import ToyTask, quality
+from trl_ext.ipo import auto_length_penalty, length_aware_ipo_loss, relative_length_difference
+from trl_ext.testing.synthetic import ToyTask, quality
 
 BETA = 0.5
 
@@ -54,23 +51,6 @@ def _loss_and_grads(trainer, examples):
     loss.backward()
     grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     return loss.detach(), grads
-
-
-def test_trl_private_api_we_depend_on():
-    """LengthAwareIPOTrainer overrides these TRL 1.16 internals; if TRL moves them, this fails before anything else."""
-    assert trl.__version__.startswith("1.16."), f"trl_ext.ipo is written against TRL 1.16, found {trl.__version__}"
-    expected = {
-        "_compute_loss": ["self", "model", "inputs", "return_outputs"],
-        "_prepare_dataset": ["self", "dataset", "processing_class", "args", "dataset_name"],
-        "_set_signature_columns_if_needed": ["self"],
-        "compute_ref_log_probs": ["self", "model", "inputs"],
-    }
-    for name, params in expected.items():
-        assert list(inspect.signature(getattr(DPOTrainer, name)).parameters) == params, name
-    source = inspect.getsource(DPOTrainer._compute_loss)
-    # the policy forward, the reference forward and the metrics store our override relies on
-    assert source.count("fused_lm_head=True") == 3  # policy; reference via PEFT adapters off; reference model
-    assert "self._metrics[mode]" in source and "self.precompute_ref_logps" in source
 
 
 @pytest.mark.parametrize("reference", ["ref_model", "peft", "precomputed"])
@@ -233,6 +213,26 @@ def test_auto_length_penalty_is_about_zero_without_a_confound(tiny_model_path, t
     clean = LengthAwareIPOTrainer(str(tiny_model_path), args=args, train_dataset=_pairs(400, gamma=0.0))
     assert confounded.length_penalty > 0.3
     assert abs(clean.length_penalty) < 0.1
+
+
+@pytest.mark.parametrize(("truncation_mode", "max_length"), [("keep_start", 40), ("keep_end", 12)])
+def test_auto_length_penalty_uses_the_token_counts_the_loss_sees(
+    tiny_model_path, tmp_path, truncation_mode, max_length
+):
+    # max_length cuts many completions: the per-batch term counts truncated tokens, so must `auto`
+    args = _args(tmp_path, length_penalty="auto", length_source="tokens", max_length=max_length,
+                 truncation_mode=truncation_mode)  # fmt: skip
+    data = _pairs(64, gamma=1.5).remove_columns(["chosen_length", "rejected_length"])
+    trainer = LengthAwareIPOTrainer(str(tiny_model_path), args=args, train_dataset=data)
+    batch = trainer.data_collator(list(trainer.train_dataset))
+    chosen, rejected = batch["completion_mask"][:, 1:].sum(dim=1).chunk(2)  # what _compute_loss uses per pair
+    expected = auto_length_penalty(relative_length_difference(chosen, rejected), BETA)
+    assert trainer.length_penalty == pytest.approx(expected)
+    untruncated = relative_length_difference(
+        torch.tensor([len(x) for x in trainer.train_dataset["chosen_ids"]]),
+        torch.tensor([len(x) for x in trainer.train_dataset["rejected_ids"]]),
+    )
+    assert auto_length_penalty(untruncated, BETA) != pytest.approx(expected)  # truncation matters in this set-up
 
 
 def test_training_logs_trl_and_length_metrics_and_evaluates(tiny_model_path, tmp_path):

@@ -9,7 +9,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from trl_ext.ppo import PPOConfig, PPOTrainer
-from trl_ext.synthetic import ToyTask, quality
+from trl_ext.testing.synthetic import ToyTask, quality
+from trl_ext.trainer_utils import reference_adapter
 
 LOGGED = (
     "objective/scores",
@@ -62,27 +63,6 @@ def lora():
     return LoraConfig(r=8, lora_alpha=16, target_modules="all-linear")
 
 
-def test_trl_internals_we_rely_on_exist():
-    # Private TRL 1.16 / transformers 5 names this package uses; a TRL upgrade that moves one fails here first.
-    from transformers import Trainer
-    from trl.experimental.utils import create_reference_model  # noqa: F401
-    from trl.models import prepare_deepspeed, unwrap_model_for_generation  # noqa: F401
-    from trl.trainer.base_config import _BaseConfig
-    from trl.trainer.base_trainer import _BaseTrainer
-    from trl.trainer.utils import (  # noqa: F401
-        RepeatSampler,
-        disable_dropout_in_model,
-        identity,
-        pad,
-        selective_log_softmax_and_entropy,
-        use_adapter,
-    )
-
-    assert issubclass(PPOConfig, _BaseConfig) and issubclass(PPOTrainer, _BaseTrainer)
-    for hook in ("_get_dataloader", "_load_from_checkpoint", "_save"):
-        assert hasattr(Trainer, hook), hook
-
-
 def test_config_defaults_and_validation(tmp_path):
     args = config(tmp_path, gradient_accumulation_steps=3)
     assert args.rollout_batch_size == 4 * 3 * 2
@@ -125,7 +105,8 @@ def test_trains_logs_and_shares_one_base(tmp_path, tiny_model_path):
 
 def test_rollout_shapes_rewards_and_reference(tmp_path, tiny_model_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
-    args = config(tmp_path, missing_eos_penalty=2.0, max_completion_length=4, whiten_advantages=False, lam=1.0)
+    args = config(tmp_path, missing_eos_penalty=2.0, max_completion_length=4, whiten_advantages=False, lam=1.0,
+                  gamma=0.5)  # fmt: skip
     trainer = PPOTrainer(model, lambda prompts, completions, **kw: [1.0] * len(prompts), args=args,
                          train_dataset=prompts(), peft_config=lora())  # fmt: skip
     rows = list(prompts(6))
@@ -136,15 +117,19 @@ def test_rollout_shapes_rewards_and_reference(tmp_path, tiny_model_path):
     # a fresh LoRA adapter (B = 0) is the base: the KL to the reference is exactly 0, the score is all that's left
     assert torch.equal(rollout["kl"], torch.zeros(6))
     assert torch.equal(rollout["scores"], torch.where(ended, 1.0, 1.0 - 2.0))
-    # gamma = lam = 1 and values 0 (zero-initialized head): every token's advantage is its sequence's score
-    assert torch.allclose(rollout["advantages"], rollout["scores"][:, None] * mask)
+    # lam = 1, values 0 (zero-initialized head), KL 0: the score sits on the last real token only, so the advantage
+    # of token t is score * gamma^(last - t); a score placed one token early or late changes every exponent
+    last = mask.sum(1, keepdim=True) - 1  # (B, 1)
+    steps_to_end = (last - torch.arange(mask.shape[1])[None, :]).clamp(min=0)
+    assert torch.allclose(rollout["advantages"], rollout["scores"][:, None] * 0.5**steps_to_end * mask)
+    assert torch.allclose(rollout["returns"], rollout["advantages"])  # returns = advantages + V, V = 0
     assert torch.equal(rollout["old_values"], torch.zeros_like(mask))
 
 
 def test_existing_adapter_gets_a_frozen_ref_copy_and_full_models_a_reference_copy(tmp_path, tiny_model_path):
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path), lora())
     trainer = PPOTrainer(peft_model, quality_reward, args=config(tmp_path), train_dataset=prompts())
-    assert trainer._ref_adapter == "ref" and trainer.ref_model is None
+    assert reference_adapter(trainer.model) == "ref" and trainer.ref_model is None
     assert (
         trainer.weight_bytes_report["memory/reference_extra_bytes"]
         == trainer.weight_bytes_report["memory/policy_adapter_bytes"]

@@ -7,12 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
+from trl_ext.ops import kl_estimate
 from trl_ext.ranked_grpo import (
     aggregate_token_loss,
+    fractional_ranks,
     group_advantages,
     group_kendall_tau,
     grpo_token_loss,
-    k3_kl,
     kendall_tau,
     plackett_luce_loss,
     rank_rewards,
@@ -78,9 +79,29 @@ def test_ties_get_equal_advantages_and_an_all_tied_group_gets_zero():
     advantages = group_advantages(rank_rewards(ranks, groups), groups)
     assert advantages[0] == advantages[1]
     assert_close(advantages[4:], torch.zeros(2))
-    # by hand: rewards [1, 1, 1/3, 0], mean 7/12, Bessel std sqrt(((5/12)^2 * 2 + (1/4)^2 + (7/12)^2) / 3)
-    std = math.sqrt(((5 / 12) ** 2 * 2 + (1 / 4) ** 2 + (7 / 12) ** 2) / 3)
-    assert_close(advantages[:4], torch.tensor([5 / 12, 5 / 12, -1 / 4, -7 / 12]) / (std + 1e-4))
+    # by hand: the tie spans positions 1 and 2 -> 1.5 each; rewards (4 - position) / 3 = [5/6, 5/6, 1/3, 0],
+    # mean 1/2, centered [1/3, 1/3, -1/6, -1/2], Bessel variance (2/9 + 1/36 + 1/4) / 3 = 1/6
+    std = math.sqrt(1 / 6)
+    assert_close(advantages[:4], torch.tensor([1 / 3, 1 / 3, -1 / 6, -1 / 2]) / (std + 1e-4))
+
+
+def test_fractional_ranks_by_hand():
+    groups = torch.zeros(4, dtype=torch.long)
+    assert fractional_ranks(torch.tensor([1, 2, 2, 3]), groups).tolist() == [1.0, 2.5, 2.5, 4.0]  # dense
+    assert fractional_ranks(torch.tensor([1, 2, 2, 4]), groups).tolist() == [1.0, 2.5, 2.5, 4.0]  # competition
+    assert fractional_ranks(torch.tensor([3, 1, 4, 2]), groups).tolist() == [3.0, 1.0, 4.0, 2.0]  # no tie: unchanged
+    assert fractional_ranks(torch.tensor([2, 2, 1, 1]), torch.tensor([0, 0, 1, 1])).tolist() == [1.5, 1.5, 1.5, 1.5]
+
+
+@pytest.mark.parametrize("kind", ["linear", "exponential"])
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_dense_and_competition_rankings_of_one_order_train_alike(kind, scale):
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    dense = torch.tensor([1, 2, 2, 3, 1, 1, 2])
+    competition = torch.tensor([1, 2, 2, 4, 1, 1, 3])
+    rewards_dense, rewards_competition = rank_rewards(dense, groups, kind), rank_rewards(competition, groups, kind)
+    assert_close(rewards_dense, rewards_competition)
+    assert_close(group_advantages(rewards_dense, groups, scale), group_advantages(rewards_competition, groups, scale))
 
 
 def test_groups_of_different_sizes_in_one_batch_equal_each_group_alone():
@@ -131,8 +152,8 @@ def test_higher_upper_clip_and_delta():
 def test_k3_kl_and_its_place_in_the_loss():
     logps, ref = torch.tensor([[-1.0]]), torch.tensor([[-1.5]])
     # d = ref - logp = -0.5: exp(-0.5) + 0.5 - 1
-    assert_close(k3_kl(logps, ref), torch.tensor([[math.exp(-0.5) - 0.5]]))
-    assert_close(k3_kl(ref, ref), torch.zeros(1, 1))
+    assert_close(kl_estimate(logps, ref, "k3"), torch.tensor([[math.exp(-0.5) - 0.5]]))
+    assert_close(kl_estimate(ref, ref, "k3"), torch.zeros(1, 1))
     out = grpo_token_loss(logps, logps, torch.tensor([2.0]), torch.ones(1, 1), ref_per_token_logps=ref, beta=0.1)
     assert_close(out.per_token_loss, torch.tensor([[-2.0 + 0.1 * (math.exp(-0.5) - 0.5)]]))
 

@@ -13,7 +13,7 @@ from trl import DPOConfig, DPOTrainer, GRPOConfig
 
 from trl_ext import RankedGRPOConfig, RankedGRPOTrainer
 from trl_ext.ranked_grpo import DataCollatorForRankedGroups, group_advantages, kendall_tau, tokenize_ranked_row
-from trl_ext.synthetic import ToyTask, quality
+from trl_ext.testing.synthetic import ToyTask, quality
 
 CPU = dict(use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no")
 
@@ -123,7 +123,8 @@ def test_collator_flattens_groups_of_different_sizes():
     assert batch["input_ids"].tolist() == [[1, 2, 3, 0], [1, 2, 4, 5], [6, 7, 0, 0], [6, 8, 0, 0], [6, 9, 9, 9]]
     assert batch["completion_mask"].tolist()[1] == [0, 0, 1, 1] and batch["attention_mask"].tolist()[2] == [1, 1, 0, 0]
     assert batch["group_index"].tolist() == [0, 0, 1, 1, 1]
-    assert_close(batch["rewards"], torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0]))  # ties [1, 1, 3] -> equal rewards
+    # ties [1, 1, 3] share positions 1 and 2 (1.5 each): (3 - 1.5) / 2 = 0.75, equal rewards
+    assert_close(batch["rewards"], torch.tensor([0.0, 1.0, 0.75, 0.75, 0.0]))
 
 
 def test_a_score_column_replaces_the_ranks(tiny, tmp_path):
@@ -211,9 +212,9 @@ def test_implicit_rewards_start_at_zero_with_peft(tiny, tmp_path):
     data = Dataset.from_list(ToyTask().rows("ranked", 4))
     trainer = RankedGRPOTrainer(model, args=_args(tmp_path), train_dataset=data, processing_class=tokenizer,
                                 peft_config=_lora())  # fmt: skip
-    assert trainer.implicit_rewards(data) == [[0.0] * 4] * 4  # the reference is the base with the adapter off
+    assert trainer.group_implicit_rewards(data) == [[0.0] * 4] * 4  # the reference is the base with the adapter off
     trainer.train()
-    assert any(abs(v) > 0 for row in trainer.implicit_rewards(data) for v in row)
+    assert any(abs(v) > 0 for row in trainer.group_implicit_rewards(data) for v in row)
 
 
 @pytest.mark.slow
@@ -258,7 +259,7 @@ def test_ratio_against_the_reference_trains(tiny, tmp_path):
 # --- learning --------------------------------------------------------------------------------------------------
 def _heldout_tau(trainer, rows) -> float:
     """Mean Kendall tau, over held-out groups, between implicit rewards and the true quality of the responses."""
-    rewards = trainer.implicit_rewards(Dataset.from_list(rows))
+    rewards = trainer.group_implicit_rewards(Dataset.from_list(rows))
     taus = [kendall_tau(r, [quality(x) for x in row["responses"]]) for r, row in zip(rewards, rows)]
     return sum(taus) / len(taus)
 
@@ -298,7 +299,9 @@ def test_an_existing_adapter_is_its_own_reference(tiny, tmp_path):
     data = Dataset.from_list(ToyTask().rows("ranked", 2))
     trainer = RankedGRPOTrainer(model, args=_args(tmp_path), train_dataset=data, processing_class=tokenizer)
     assert set(trainer.model.peft_config) == {"default", "ref"}
-    assert trainer.implicit_rewards(data) == [[0.0] * 4] * 2  # the reference is the adapter as it was, not the base
+    assert (
+        trainer.group_implicit_rewards(data) == [[0.0] * 4] * 2
+    )  # the reference is the adapter as it was, not the base
 
 
 def test_a_reference_copy_runs_its_own_weights_even_after_an_earlier_trl_trainer(tiny, tmp_path):

@@ -9,9 +9,9 @@ from _recipe_utils import load_recipe
 from transformers import TrainerControl, TrainerState
 from trl import DPOConfig
 
-from trl_ext import recipe
-from trl_ext.synthetic import ToyTask
-from trl_ext.tiny import TINY_MODEL_ID
+from trl_ext import models, recipe
+from trl_ext.testing.synthetic import ToyTask
+from trl_ext.testing.tiny import TINY_MODEL_ID
 
 
 def _parse(*argv: str, tmp_path=None):
@@ -100,16 +100,16 @@ def test_resolve_checkpoint(tmp_path, caplog):
 
 def test_lora_config_targets_all_linear_layers_and_seq_cls_for_reward_heads(tmp_path):
     _, _, model_args = _parse("--use_peft", "true", "--lora_r", "8", tmp_path=tmp_path)
-    causal = recipe.lora_config(model_args)
+    causal = models.lora_config(model_args)
     assert causal.target_modules == "all-linear" and causal.r == 8 and causal.task_type == "CAUSAL_LM"
-    assert recipe.lora_config(model_args, head="seq-cls").task_type == "SEQ_CLS"
+    assert models.lora_config(model_args, head="seq-cls").task_type == "SEQ_CLS"
     _, _, explicit = _parse("--use_peft", "true", "--lora_target_modules", "q_proj", "v_proj", tmp_path=tmp_path)
-    assert set(recipe.lora_config(explicit).target_modules) == {"q_proj", "v_proj"}
+    assert set(models.lora_config(explicit).target_modules) == {"q_proj", "v_proj"}
     _, _, no_peft = _parse(tmp_path=tmp_path)
-    assert recipe.lora_config(no_peft) is None
+    assert models.lora_config(no_peft) is None
     _, _, four_bit = _parse("--load_in_4bit", "true", tmp_path=tmp_path)
     with pytest.raises(ValueError, match="use_peft"):
-        recipe.lora_config(four_bit)
+        models.lora_config(four_bit)
 
 
 def test_load_model_heads_and_trust_remote_code_off(tmp_path, monkeypatch):
@@ -126,16 +126,16 @@ def test_load_model_heads_and_trust_remote_code_off(tmp_path, monkeypatch):
     _, training_args, model_args = _parse(
         "--model_name_or_path", TINY_MODEL_ID, "--use_cpu", "true", tmp_path=tmp_path
     )
-    model = recipe.load_model(model_args, training_args)
+    model = models.load_model(model_args, training_args)
     assert seen["trust_remote_code"] is False and seen["dtype"] == torch.float32
     assert type(model).__name__ == "LlamaForCausalLM"
 
-    tokenizer = recipe.load_tokenizer(model_args, training_args)
-    reward = recipe.load_model(model_args, training_args, head="seq-cls", tokenizer=tokenizer)
+    tokenizer = models.load_tokenizer(model_args, training_args)
+    reward = models.load_model(model_args, training_args, head="seq-cls", tokenizer=tokenizer)
     assert type(reward).__name__ == "LlamaForSequenceClassification"
     assert reward.config.num_labels == 1 and reward.config.pad_token_id == tokenizer.pad_token_id
     with pytest.raises(ValueError, match="head"):
-        recipe.load_model(model_args, training_args, head="value")
+        models.load_model(model_args, training_args, head="value")
 
 
 def test_load_model_4bit_is_nf4_with_double_quantization():
@@ -144,7 +144,7 @@ def test_load_model_4bit_is_nf4_with_double_quantization():
         ["--model_name_or_path", TINY_MODEL_ID, "--load_in_4bit", "true", "--use_bnb_nested_quant", "true",
          "--use_peft", "true", "--use_cpu", "true", "--gradient_checkpointing", "false", "--output_dir", "/tmp/x"]
     )  # fmt: skip
-    model = recipe.load_model(model_args, training_args)
+    model = models.load_model(model_args, training_args)
     weight = model.model.layers[0].mlp.down_proj.weight
     assert type(weight).__name__ == "Params4bit" and weight.quant_type == "nf4" and weight.quant_state.nested
     assert weight.quant_state.dtype == torch.float32  # compute dtype follows `dtype` (bfloat16 in the GPU configs)
@@ -155,7 +155,7 @@ def test_load_model_needs_a_model_name():
     from trl import ModelConfig
 
     with pytest.raises(ValueError, match="model_name_or_path is required"):
-        recipe.model_path(ModelConfig())
+        models.model_path(ModelConfig())
 
 
 def test_load_datasets_goes_through_dataset_builders_with_a_seeded_eval_split(tmp_path):

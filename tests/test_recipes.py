@@ -18,8 +18,9 @@ from _recipe_utils import REPO_ROOT, ParamSnapshot, StopAtStep, load_recipe, tin
 from safetensors.torch import load_file
 
 from trl_ext import recipe
-from trl_ext.synthetic import ToyTask
-from trl_ext.tiny import TINY_MODEL_ID, resolve_model_name
+from trl_ext.models import resolve_model_name
+from trl_ext.testing.synthetic import ToyTask
+from trl_ext.testing.tiny import TINY_MODEL_ID
 
 # Every test here trains the tiny model: the "tiny-model training" tier (`make test-slow`), as STYLE.md lays out.
 pytestmark = pytest.mark.slow

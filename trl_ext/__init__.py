@@ -22,9 +22,9 @@ _LAZY = {
     "RankedGRPOTrainer": "trl_ext.ranked_grpo",
     "PPOConfig": "trl_ext.ppo",
     "PPOTrainer": "trl_ext.ppo",
-    "ToyTask": "trl_ext.synthetic",
-    "resolve_model_name": "trl_ext.tiny",
-    "TINY_MODEL_ID": "trl_ext.tiny",
+    "ToyTask": "trl_ext.testing.synthetic",
+    "resolve_model_name": "trl_ext.models",
+    "TINY_MODEL_ID": "trl_ext.testing.tiny",
 }
 
 __all__ = sorted(_LAZY)

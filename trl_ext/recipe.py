@@ -47,10 +47,11 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
+from trl_ext import models
+
 if TYPE_CHECKING:
     import datasets
-    from peft import LoraConfig
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
     from trl import ModelConfig, TrlParser
 
 logger = logging.getLogger(__name__)
@@ -219,132 +220,6 @@ def resolve_checkpoint(resume: str | bool | None, output_dir: str) -> str | None
     return str(resume)
 
 
-# ------------------------------------------------------------------------------------------------ model, tokenizer
-def model_path(model_args: ModelConfig) -> str:
-    """Where to load the model from: the local tiny model for `trl-ext/tiny-llama`, else the given name/path."""
-    from trl_ext.tiny import resolve_model_name
-
-    if not model_args.model_name_or_path:
-        raise ValueError("model_name_or_path is required (e.g. --model_name_or_path Qwen/Qwen2.5-7B-Instruct)")
-    return resolve_model_name(model_args.model_name_or_path)
-
-
-def trust_remote_code(training_args: TrainingArguments) -> bool:
-    """The config's `trust_remote_code` (TRL configs have it, default False); False for configs without the field."""
-    return bool(getattr(training_args, "trust_remote_code", False))
-
-
-def load_tokenizer(model_args: ModelConfig, training_args: TrainingArguments) -> PreTrainedTokenizerBase:
-    """The model's tokenizer; gets a pad token (EOS) if it has none, as batched training needs one."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_path(model_args),
-        revision=model_args.model_revision,
-        trust_remote_code=trust_remote_code(training_args),
-    )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def _torch_dtype(dtype: str | None):
-    import torch
-
-    return dtype if dtype in (None, "auto") else getattr(torch, dtype)
-
-
-def load_model(
-    model_args: ModelConfig,
-    training_args: TrainingArguments,
-    *,
-    head: str = "causal-lm",
-    num_labels: int = 1,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-) -> PreTrainedModel:
-    """Load the base model for training.
-
-    - `head`: `"causal-lm"` (policies) or `"seq-cls"` (reward models, `num_labels` scores, pad token from `tokenizer`).
-    - `load_in_4bit` / `load_in_8bit` (from `ModelConfig`): `BitsAndBytesConfig` from `trl.get_quantization_config`
-      (NF4, double quantization with `use_bnb_nested_quant`, compute dtype = `dtype`), placed on this process's
-      device, then `peft.prepare_model_for_kbit_training` (norms in fp32, input grads, gradient checkpointing).
-    - `trust_remote_code` follows the training arguments (off unless turned on).
-    """
-    import torch
-    from accelerate import PartialState
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-    from trl import get_quantization_config
-
-    if head not in ("causal-lm", "seq-cls"):
-        raise ValueError(f"head must be 'causal-lm' or 'seq-cls', got {head!r}")
-    quantization_config = get_quantization_config(model_args)
-    if quantization_config is not None and model_args.dtype in (None, "auto"):
-        raise ValueError("load_in_4bit/8bit needs an explicit dtype (bfloat16 on a GPU, float32 on a CPU)")
-    if quantization_config is not None:
-        quantization_config.bnb_4bit_compute_dtype = _torch_dtype(model_args.dtype)
-    kwargs: dict[str, Any] = dict(
-        revision=model_args.model_revision,
-        dtype=_torch_dtype(model_args.dtype),
-        attn_implementation=model_args.attn_implementation,
-        trust_remote_code=trust_remote_code(training_args),
-    )
-    if quantization_config is not None:
-        kwargs["quantization_config"] = quantization_config
-        if _is_sharded(training_args):
-            # FSDP / ZeRO-3 shard the packed 4-bit weights, which needs them stored in the compute dtype; the engine
-            # places the shards, so no device_map.
-            if model_args.bnb_4bit_quant_storage is None:
-                raise ValueError("QLoRA under FSDP or DeepSpeed ZeRO-3 needs bnb_4bit_quant_storage: bfloat16")
-        elif torch.cuda.is_available() and not training_args.use_cpu:
-            # One full copy per process (single GPU, DDP), on this process's GPU.
-            kwargs["device_map"] = {"": PartialState().local_process_index}
-    if head == "seq-cls":
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_path(model_args), num_labels=num_labels, **kwargs
-        )
-        pad_id = tokenizer.pad_token_id if tokenizer is not None else None
-        if pad_id is not None:
-            model.config.pad_token_id = pad_id
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_path(model_args), **kwargs)
-    if quantization_config is not None:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=training_args.gradient_checkpointing,
-            gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
-        )
-    return model
-
-
-def _is_sharded(training_args: TrainingArguments) -> bool:
-    """True under FSDP or DeepSpeed ZeRO-3 (as set by `accelerate launch --config_file ...` or the arguments)."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    fsdp = bool(getattr(training_args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-    return fsdp or is_deepspeed_zero3_enabled()
-
-
-def lora_config(model_args: ModelConfig, *, head: str = "causal-lm") -> LoraConfig | None:
-    """`trl.get_peft_config` with our defaults: LoRA on all linear layers; task `SEQ_CLS` for reward heads.
-
-    None unless `use_peft` (or a 4/8-bit base, which can only be trained through an adapter).
-    """
-    from trl import get_peft_config
-
-    if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
-        raise ValueError("a 4/8-bit base can only be trained with an adapter: set use_peft: true")
-    config = get_peft_config(model_args)
-    if config is None:
-        return None
-    if not model_args.lora_target_modules:
-        config.target_modules = "all-linear"
-    if head == "seq-cls":
-        config.task_type = "SEQ_CLS"
-    return config
-
-
 # ---------------------------------------------------------------------------------------------------------- data
 def load_datasets(
     recipe_args: RecipeArguments, *, method: str, seed: int = 42
@@ -483,7 +358,7 @@ def finish(
             "eval": len(eval_dataset) if eval_dataset is not None else None,
         }
         if recipe_args.merge_adapter and is_adapter:
-            folder = merge_adapter(output_dir, model_args, args, dtype=_merge_dtype(model_args))
+            folder = models.merge_adapter(output_dir, model_args, args, dtype=models.merge_dtype(model_args))
         card = model_card(
             method=method,
             model_args=model_args,
@@ -503,41 +378,6 @@ def finish(
         folder = output_dir / "merged"
     trainer.accelerator.wait_for_everyone()
     return folder
-
-
-def _merge_dtype(model_args: ModelConfig):
-    import torch
-
-    return torch.float16 if model_args.dtype == "float16" else torch.bfloat16
-
-
-def merge_adapter(
-    adapter_dir: str | Path, model_args: ModelConfig, training_args: TrainingArguments, dtype=None
-) -> Path:
-    """Reload the base model in 16-bit (never 4-bit), merge the adapter saved in `adapter_dir`, and write the merged
-    model (safetensors) and tokenizer to `adapter_dir/merged`. Returns that folder."""
-    import torch
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    adapter_dir = Path(adapter_dir)
-    dtype = dtype or torch.bfloat16
-    peft_config = PeftConfig.from_pretrained(str(adapter_dir))
-    auto = AutoModelForSequenceClassification if peft_config.task_type == "SEQ_CLS" else AutoModelForCausalLM
-    kwargs: dict[str, Any] = dict(
-        revision=model_args.model_revision, dtype=dtype, trust_remote_code=trust_remote_code(training_args)
-    )
-    if auto is AutoModelForSequenceClassification:
-        kwargs["num_labels"] = 1  # a reward head, as `load_model(head="seq-cls")` builds it
-    base = auto.from_pretrained(model_path(model_args), **kwargs)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
-    if auto is AutoModelForSequenceClassification and tokenizer.pad_token_id is not None:
-        merged.config.pad_token_id = tokenizer.pad_token_id
-    target = adapter_dir / "merged"
-    merged.save_pretrained(str(target), safe_serialization=True)
-    tokenizer.save_pretrained(str(target))
-    return target
 
 
 def hub_repo_id(training_args: TrainingArguments) -> str:

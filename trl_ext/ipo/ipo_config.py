@@ -33,7 +33,10 @@ class LengthAwareIPOConfig(DPOConfig):
             pair's relative length difference (unit-free), the IPO counterpart of R-DPO (arXiv:2403.19159): a longer
             winner is asked for less margin, so length stops earning margin. `alpha` is in the units of `h`. `"auto"`
             uses the least-squares slope `(1/(2*beta)) * mean(d) / mean(d^2)` over the training set, which removes
-            the part of the target that length explains (about 0 on data without a length confound).
+            the part of the target that length explains (about 0 on data without a length confound), limited so
+            that every pair's target keeps at least a tenth of `1/(2*beta)`: no pair is ever asked to prefer its
+            rejected answer. With `length_source="tokens"` the lengths are the ones the loss sees (after
+            `max_length` truncation).
         length_source (`str`, *optional*, defaults to `"declared"`):
             Where `l_w, l_l` come from: `"declared"` (the dataset's `chosen_length` / `rejected_length` columns, the
             `pairs_with_lengths` shape; an error if they are missing), `"tokens"` (completion tokens, EOS included)

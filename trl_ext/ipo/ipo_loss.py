@@ -115,20 +115,39 @@ def length_adjusted_target(beta: float, length_penalty: float, relative_length_d
     return 1 / (2 * beta) - length_penalty * relative_length_differences
 
 
-def auto_length_penalty(relative_length_differences: Tensor, beta: float) -> float:
-    """The least-squares slope ``alpha_hat = (1/(2 tau)) * mean(d) / mean(d^2)`` (``length_penalty="auto"``).
+def auto_length_penalty(relative_length_differences: Tensor, beta: float, min_target_fraction: float = 0.1) -> float:
+    """``length_penalty="auto"``: the least-squares slope, constrained so every target stays on the preferred side.
 
-    It is the ``alpha`` that best explains IPO's constant target by length alone, ``min_alpha sum_i
-    (1/(2 tau) - alpha d_i)^2``: with it, the adjusted target ``1/(2 tau) - alpha_hat d`` is orthogonal to ``d`` over
-    the data (``sum_i d_i (1/(2 tau) - alpha_hat d_i) = 0``), i.e. the length-explained part of the target is removed.
-    It is about 0 when winners are not longer on average, and 0 when every pair has equal lengths.
-    ``relative_length_differences``: ``(N,)``, over the whole training set.
+    Unconstrained, ``alpha_hat = (1/(2 tau)) * mean(d) / mean(d^2)`` is the ``alpha`` that best explains IPO's
+    constant target by length alone, ``min_alpha sum_i (1/(2 tau) - alpha d_i)^2``: the adjusted target
+    ``1/(2 tau) - alpha_hat d`` is then orthogonal to ``d`` over the data (the length-explained part of the target is
+    removed). It is about 0 when winners are not longer on average, and 0 when every pair has equal lengths.
+
+    That fit has no intercept, so when winners are consistently longer it can push a pair's target to zero or below,
+    i.e. ask the policy to prefer the *rejected* answer (``d = [1, 1, 1, 1, 1.92]``, ``tau = 0.5``: ``alpha_hat =
+    0.77`` and a target of -0.479 for the last pair). The penalty is therefore the least-squares solution under the
+    constraint that every target keeps at least ``min_target_fraction`` of ``1/(2 tau)``: the objective is a convex
+    parabola in ``alpha``, so the constrained minimum is ``alpha_hat`` clipped to the interval
+    ``[-(1 - f) / (2 tau max(-d)), (1 - f) / (2 tau max(d))]`` (``f = min_target_fraction``). Each pair still
+    asks for its preference, never against it.
+
+    ``relative_length_differences``: ``(N,)``, over the whole training set (lengths as the loss sees them).
     """
+    if not 0.0 <= min_target_fraction < 1.0:
+        raise ValueError(f"min_target_fraction must be in [0, 1), got {min_target_fraction}")
     d = relative_length_differences.double()
     second_moment = (d**2).mean()
-    if second_moment == 0:
+    if d.numel() == 0 or second_moment == 0:
         return 0.0
-    return float(d.mean() / second_moment / (2 * beta))
+    target = 1 / (2 * beta)
+    alpha = float(d.mean() / second_moment * target)
+    room = (1 - min_target_fraction) * target  # how far alpha * d_i may lower a target
+    largest_positive, largest_negative = float(d.max()), float(-d.min())
+    if largest_positive > 0:
+        alpha = min(alpha, room / largest_positive)
+    if largest_negative > 0:
+        alpha = max(alpha, -room / largest_negative)
+    return alpha
 
 
 def length_aware_ipo_loss(

@@ -115,9 +115,13 @@ class LengthAwareIPOTrainer(DPOTrainer):
         dataset = self.train_dataset
         if not isinstance(dataset, Dataset):
             raise ValueError("`length_penalty='auto'` needs a map-style training dataset (not an IterableDataset).")
-        if self.args.length_source == "tokens":  # untruncated completion token counts (EOS included)
-            chosen = [len(ids) for ids in dataset["chosen_ids"]]
-            rejected = [len(ids) for ids in dataset["rejected_ids"]]
+        if self.args.length_source == "tokens":  # the counts the loss will see: after TRL's truncation and shift
+            count = lambda prompt, completion: tokens_with_logps(  # noqa: E731
+                len(prompt), len(completion), self.args.max_length, self.args.truncation_mode
+            )
+            prompts = dataset["prompt_ids"]
+            chosen = [count(p, c) for p, c in zip(prompts, dataset["chosen_ids"])]
+            rejected = [count(p, r) for p, r in zip(prompts, dataset["rejected_ids"])]
         else:
             chosen, rejected = list(dataset[LENGTH_COLUMNS[0]]), list(dataset[LENGTH_COLUMNS[1]])
         d = relative_length_difference(torch.tensor(chosen), torch.tensor(rejected))
@@ -134,7 +138,7 @@ class LengthAwareIPOTrainer(DPOTrainer):
     # Depends on TRL 1.16's private `DPOTrainer._compute_loss(model, inputs, return_outputs)`: it calls the policy,
     # then the reference unless reference log-probs are precomputed, both with `fused_lm_head=True` (outputs with
     # per-token `log_probs`), logs its metrics to `self._metrics`, and returns its loss. A check below and
-    # tests/test_ipo_trainer.py fail loudly if that changes.
+    # tests/test_trl_internals.py fail loudly if that changes.
     def _compute_loss(self, model, inputs, return_outputs):
         lengths = [inputs[key] for key in LENGTH_COLUMNS if key in inputs]
         inputs = _without_lengths(inputs)
@@ -238,6 +242,22 @@ class _FusedCallRecorder:
     def __call__(self, module, args, kwargs, output):
         if self._calls is not None and kwargs.get("fused_lm_head"):
             self._calls.append(output)
+
+
+def tokens_with_logps(prompt_len: int, completion_len: int, max_length: int | None, truncation_mode: str) -> int:
+    """Completion tokens of one sequence that carry a log-probability in TRL 1.16's DPO batch: the collator cuts
+    prompt + completion to `max_length` (`keep_start` keeps the head, `keep_end` the tail), and the first kept token
+    has no log-probability (it predicts nothing from before it). What `_compute_loss` counts per row, without a batch."""
+    total = prompt_len + completion_len
+    start = 0
+    if max_length is not None and total > max_length:
+        if truncation_mode == "keep_end":
+            start = total - max_length
+        else:
+            total = max_length
+    kept = max(0, total - max(start, prompt_len))  # completion tokens in [start, total)
+    first_is_completion = start >= prompt_len and kept > 0
+    return kept - int(first_is_completion)
 
 
 def _without_lengths(inputs: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 # fails if it moves.
 from trl.trainer.base_config import _BaseConfig
 
+from trl_ext.ops import KL_ESTIMATORS
+
 
 @dataclass
 class PPOConfig(_BaseConfig):
@@ -38,9 +40,13 @@ class PPOConfig(_BaseConfig):
             Prompts are cut to their last `max_prompt_length` tokens.
         max_completion_length (`int`, *optional*, defaults to `128`):
             Most tokens generated per completion.
-        temperature (`float`, *optional*, defaults to `1.0`), top_k (`int`, *optional*, defaults to `0`: off),
-        top_p (`float`, *optional*, defaults to `1.0`):
-            Sampling. The log-probabilities PPO optimizes use the same temperature.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Rollouts sample ``softmax(logits / temperature)``, and PPO's ratio and KL penalty use the same
+            distribution. Nothing else shapes sampling (no top-k, top-p or penalty, and nothing from the
+            checkpoint's `generation_config`): truncated sampling would draw the rollouts from a distribution the
+            loss does not model.
+        top_k (`int`, *optional*, defaults to `0`), top_p (`float`, *optional*, defaults to `1.0`):
+            Kept at their neutral values; any other value is refused for the reason above.
         num_mini_batches (`int`, *optional*, defaults to `1`):
             Optimizer steps per pass over a rollout.
         num_ppo_epochs (`int`, *optional*, defaults to `4`):
@@ -55,7 +61,7 @@ class PPOConfig(_BaseConfig):
             read by `recipes/ppo.py`. The trainer itself takes a model or a callable.
         reward_function (`str`, *optional*):
             Instead of a reward model: the dotted import path of a rule-based reward in TRL's reward-function form
-            (e.g. `trl_ext.ppo.rewards.toy_quality`); read by `recipes/ppo.py`.
+            (e.g. `trl_ext.testing.synthetic.toy_quality`); read by `recipes/ppo.py`.
         missing_eos_penalty (`float`, *optional*):
             Subtracted from the score of a completion that never produced EOS (hit `max_completion_length`).
         whiten_rewards (`bool`, *optional*, defaults to `False`):
@@ -113,8 +119,8 @@ class PPOConfig(_BaseConfig):
     )
     max_completion_length: int = field(default=128, metadata={"help": "Most tokens generated per completion."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (also used in the PPO ratio)."})
-    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0: off)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling (1.0: off)."})
+    top_k: int = field(default=0, metadata={"help": "Must stay 0: PPO's loss models the full softmax."})
+    top_p: float = field(default=1.0, metadata={"help": "Must stay 1.0: PPO's loss models the full softmax."})
     num_mini_batches: int = field(default=1, metadata={"help": "Optimizer steps per pass over a rollout."})
     num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout."})
     ds3_gather_for_generation: bool = field(
@@ -163,8 +169,14 @@ class PPOConfig(_BaseConfig):
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = False
         super().__post_init__()
-        if self.kl_estimator not in ("k1", "k2", "k3"):
-            raise ValueError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
+        if (self.top_k or 0) != 0 or self.top_p != 1.0:
+            raise ValueError(
+                f"top_k={self.top_k}, top_p={self.top_p}: PPO samples rollouts from the full softmax (at `temperature`), "
+                "the distribution its ratio and KL penalty use; truncated sampling would train on samples the loss does "
+                "not model. Leave top_k at 0 and top_p at 1.0 (lower `temperature` to sample more conservatively)."
+            )
         if self.num_ppo_epochs < 1 or self.num_mini_batches < 1:
             raise ValueError("num_ppo_epochs and num_mini_batches must be at least 1")
         if self.kl_target is not None and self.kl_target <= 0:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -27,18 +25,13 @@ from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from torch import nn
 from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     TrainerCallback,
 )
 
-# TRL 1.16 internals (pinned in pyproject.toml; tests/test_ppo_trainer.py imports each of them, so a move fails there)
-from trl.data_utils import is_conversational
-from trl.models import prepare_deepspeed, unwrap_model_for_generation
+# TRL 1.16 internals (pinned in pyproject.toml; tests/test_trl_internals.py guards each)
+from trl.models import unwrap_model_for_generation
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import (
     RepeatSampler,
@@ -46,10 +39,15 @@ from trl.trainer.utils import (
     identity,
     pad,
     selective_log_softmax_and_entropy,
-    use_adapter,
 )
 
-from . import ppo_loss as F
+from trl_ext.models import causal_lm_from, load_reward_model, tokenizer_from
+from trl_ext.ops import kl_estimate, masked_mean, masked_whiten
+from trl_ext.sampling import sample, sampling_config
+from trl_ext.tokenization import encode_prompt, encode_sequence, stop_token_ids
+from trl_ext.trainer_utils import MetricsMixin, frozen_copy, prepare_reference_model, reference_context, wrap_policy
+
+from . import ppo_loss
 from .ppo_config import PPOConfig
 
 logger = get_logger(__name__)
@@ -88,7 +86,7 @@ def weight_bytes(module: nn.Module | None, predicate: Callable[[str], bool] = la
     return sum(t.numel() * t.element_size() for name, t in tensors if predicate(name))
 
 
-class PPOTrainer(_BaseTrainer):
+class PPOTrainer(MetricsMixin, _BaseTrainer):
     """PPO with a critic and a reward model, for RLHF (Ziegler et al. 2019; Ouyang et al. 2022; Schulman et al. 2017).
 
     Per rollout: generate a completion for each prompt; score it with the reward model (a sequence-classification
@@ -113,7 +111,7 @@ class PPOTrainer(_BaseTrainer):
 
     Example:
         >>> from trl_ext import PPOConfig, PPOTrainer
-        >>> from trl_ext.synthetic import quality
+        >>> from trl_ext.testing.synthetic import quality
         >>> reward = lambda prompts, completions, **kw: [quality(c) for c in completions]
         >>> trainer = PPOTrainer("trl-ext/tiny-llama", reward_model=reward, args=PPOConfig("out", use_cpu=True),
         ...                      train_dataset=prompts)            # rows with a "prompt" column
@@ -150,37 +148,21 @@ class PPOTrainer(_BaseTrainer):
             name = model if isinstance(model, str) else model.config._name_or_path
             args = PPOConfig(f"{str(name).split('/')[-1]}-PPO")
         if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
+            model = causal_lm_from(model, **(args.model_init_kwargs or {}))
         if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
+            processing_class = tokenizer_from(model.config._name_or_path)
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
-        eos = model.generation_config.eos_token_id
-        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        self.eos_token_ids = [processing_class.eos_token_id, *[e for e in eos if e != processing_class.eos_token_id]]
+        # A chat model's end of turn (e.g. <|im_end|>) ends a rollout as well as the tokenizer's EOS
+        self.eos_token_ids = stop_token_ids(model, processing_class)
 
         # --- the roles on one base: policy (adapter), reference (adapter off / "ref" copy / frozen model), critic
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            if is_peft_model(model):
-                raise ValueError("pass either a PeftModel or a peft_config, not both")
-            model = get_peft_model(model, peft_config)
-        elif is_peft_model(model):
-            # Re-training an adapter: the reference is a frozen copy of where it starts (as TRL's RLOO does)
-            model.add_adapter("ref", model.peft_config["default"])
-            for name, param in model.named_parameters():
-                if ".default." in name:
-                    model.get_parameter(name.replace(".default.", ".ref.")).data.copy_(param.data)
-        self._ref_adapter: str | None = None  # PEFT: None = adapter off; "ref" = frozen copy of a given adapter
+        model = wrap_policy(model, peft_config, bf16=args.bf16)
         if is_peft_model(model):
             if ref_model is not None:
                 raise ValueError("with a PEFT policy the reference is the base (adapter off): drop ref_model")
-            self._ref_adapter = "ref" if "ref" in model.peft_config else None
         elif ref_model is None:
-            from trl.experimental.utils import create_reference_model
-
-            ref_model = create_reference_model(model)
+            ref_model = frozen_copy(model)
         self.ref_model = ref_model
         if is_peft_model(model) and args.gradient_checkpointing:
             model.enable_input_require_grads()  # see transformers#42489, as RLOO does
@@ -194,13 +176,12 @@ class PPOTrainer(_BaseTrainer):
 
         # --- reward: a sequence-classification model (by name or instance) or a rule-based callable
         if isinstance(reward_model, str):
-            path = reward_model
-            reward_model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-            reward_processing_class = reward_processing_class or AutoTokenizer.from_pretrained(path)
+            reward_model, loaded_tokenizer = load_reward_model(reward_model)
+            reward_processing_class = reward_processing_class or loaded_tokenizer
         if isinstance(reward_model, nn.Module):
             reward_model.eval().requires_grad_(False)
             if reward_processing_class is None:
-                reward_processing_class = AutoTokenizer.from_pretrained(reward_model.config._name_or_path)
+                reward_processing_class = tokenizer_from(reward_model.config._name_or_path)
             if reward_processing_class.pad_token is None:
                 reward_processing_class.pad_token = reward_processing_class.eos_token
             # the score is read at the last non-pad token, so the model must know the pad id
@@ -209,25 +190,19 @@ class PPOTrainer(_BaseTrainer):
         self.reward_processing_class = reward_processing_class
 
         self.kl_coef = args.kl_coef
-        self.generation_config = GenerationConfig(
+        # Rollouts sample softmax(logits / temperature), the distribution PPO's ratio and KL use: no top-k, top-p or
+        # penalty, and nothing taken from the checkpoint's generation_config (see trl_ext.sampling).
+        self.generation_config = sampling_config(
             max_new_tokens=args.max_completion_length,
-            do_sample=True,
             temperature=args.temperature,
-            top_k=args.top_k or None,
-            top_p=args.top_p,
-            pad_token_id=processing_class.pad_token_id,
             eos_token_id=self.eos_token_ids,
-            bos_token_id=None,
+            pad_token_id=processing_class.pad_token_id,
         )
-        model.generation_config.pad_token_id = processing_class.pad_token_id
         self._step = 0  # micro-steps
         self._rollout: dict[str, torch.Tensor] | None = None
         self._batches: list[torch.Tensor] = []
         self._stop_rollout = False
-        self._metrics: dict[str, defaultdict[str, list[float]]] = {
-            "train": defaultdict(list),
-            "eval": defaultdict(list),
-        }
+        self._init_metrics()
         self.weight_bytes_report: dict[str, int] = {}
 
         super().__init__(
@@ -242,13 +217,9 @@ class PPOTrainer(_BaseTrainer):
         )
         self.model_accepts_loss_kwargs = False
 
-        for attr in ("ref_model", "reward_model"):
-            module = getattr(self, attr)
-            if isinstance(module, nn.Module):
-                if self.is_deepspeed_enabled:
-                    setattr(self, attr, prepare_deepspeed(module, self.accelerator))
-                else:
-                    setattr(self, attr, self.accelerator.prepare_model(module, evaluation_mode=True))
+        self.ref_model = prepare_reference_model(self, self.ref_model)
+        if isinstance(self.reward_model, nn.Module):
+            self.reward_model = prepare_reference_model(self, self.reward_model)
         self.weight_bytes_report = self._weight_bytes()
         logger.info("PPO weights per role (bytes): %s", self.weight_bytes_report)
 
@@ -325,16 +296,6 @@ class PPOTrainer(_BaseTrainer):
         )
 
     # ------------------------------------------------------------------------------------------------ rollouts
-    def _tokenize_prompts(self, prompts: list) -> list[list[int]]:
-        if is_conversational({"prompt": prompts[0]}):
-            ids = self.processing_class.apply_chat_template(
-                prompts, add_generation_prompt=True, tokenize=True, return_dict=True
-            )["input_ids"]
-        else:
-            ids = self.processing_class(text=prompts)["input_ids"]
-        limit = self.args.max_prompt_length
-        return [x[-limit:] if limit else x for x in ids]
-
     def _forward(
         self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int, values: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -372,11 +333,7 @@ class PPOTrainer(_BaseTrainer):
             scores = self.reward_model(prompts=prompts, completions=completions, completion_ids=completion_ids)
             return torch.tensor(scores, dtype=torch.float32, device=device)
         tok = self.reward_processing_class
-        if is_conversational({"prompt": prompts[0]}):
-            conversations = [p + [{"role": "assistant", "content": c}] for p, c in zip(prompts, completions)]
-            ids = tok.apply_chat_template(conversations, tokenize=True, return_dict=True)["input_ids"]
-        else:
-            ids = tok(text=[p + c + tok.eos_token for p, c in zip(prompts, completions)])["input_ids"]
+        ids = [encode_sequence(tok, p, c) for p, c in zip(prompts, completions)]
         tensors = [torch.tensor(x) for x in ids]
         input_ids = pad(tensors, padding_value=tok.pad_token_id, padding_side="right").to(device)
         attention_mask = pad([torch.ones_like(x) for x in tensors], padding_value=0, padding_side="right").to(device)
@@ -387,19 +344,13 @@ class PPOTrainer(_BaseTrainer):
             scores.append(logits[:, 0].float())
         return torch.cat(scores)
 
-    def _reference(self):
-        """Context in which `self.model` computes the reference policy (PEFT: adapter off or the frozen copy)."""
-        if self.ref_model is not None:
-            return nullcontext()
-        return use_adapter(self.accelerator.unwrap_model(self.model), adapter_name=self._ref_adapter)
-
     @torch.no_grad()
     def _make_rollout(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """Generate, score, and turn one batch of prompts into PPO training data (advantages, returns, ...)."""
         args, device, tok = self.args, self.accelerator.device, self.processing_class
         mode = "train" if self.model.training else "eval"
         prompts = [row["prompt"] for row in rows]
-        prompt_ids = [torch.tensor(x) for x in self._tokenize_prompts(prompts)]
+        prompt_ids = [torch.tensor(encode_prompt(tok, p, args.max_prompt_length)) for p in prompts]
         prompt = pad(prompt_ids, padding_value=tok.pad_token_id, padding_side="left").to(device)
         prompt_mask = pad([torch.ones_like(x) for x in prompt_ids], padding_value=0, padding_side="left").to(device)
 
@@ -409,9 +360,7 @@ class PPOTrainer(_BaseTrainer):
             gather_deepspeed3_params=args.ds3_gather_for_generation,
             gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
         ) as unwrapped:
-            generated = unwrapped.generate(
-                input_ids=prompt, attention_mask=prompt_mask, generation_config=self.generation_config
-            )
+            generated = sample(unwrapped, prompt, prompt_mask, self.generation_config)
         completion = generated[:, prompt.shape[1] :]
         # keep tokens up to and including the first EOS; what follows is padding
         is_eos = torch.isin(completion, torch.tensor(self.eos_token_ids, device=device))
@@ -439,7 +388,7 @@ class PPOTrainer(_BaseTrainer):
             logps.append(lp), entropy.append(ent), values.append(val)
         logps, entropy, values = torch.cat(logps), torch.cat(entropy), torch.cat(values).float()
         ref_logps = []
-        with self._reference():
+        with reference_context(self):
             ref = self.ref_model if self.ref_model is not None else self.model
             for i in range(0, len(rows), step):
                 chunk = slice(i, i + step)
@@ -447,28 +396,30 @@ class PPOTrainer(_BaseTrainer):
         ref_logps = torch.cat(ref_logps)
 
         maskf = mask.float()
-        rewards, kl = F.per_token_rewards(
+        rewards, kl = ppo_loss.per_token_rewards(
             scores, logps.float(), ref_logps.float(), maskf, self.kl_coef, args.kl_estimator
         )
         if args.whiten_rewards:
-            rewards = F.masked_whiten(rewards, maskf, shift_mean=False)
-        advantages, returns = F.generalized_advantage_estimation(rewards, values, maskf, args.gamma, args.lam)
+            rewards = masked_whiten(rewards, maskf, shift_mean=False)
+        advantages, returns = ppo_loss.generalized_advantage_estimation(rewards, values, maskf, args.gamma, args.lam)
         if args.whiten_advantages:
-            advantages = F.masked_whiten(advantages, maskf)
+            advantages = masked_whiten(advantages, maskf)
 
         # --- metrics over all processes
         gather = self.accelerator.gather
         seq_kl = gather(kl.sum(1))
-        self._log_mean(mode, "objective/scores", gather(raw_scores))
+        self._log_mean(mode, "objective/scores", raw_scores)
         self._log_mean(mode, "objective/kl", seq_kl)
-        self._log_mean(mode, "objective/rlhf_reward", gather(scores - self.kl_coef * kl.sum(1)))
-        self._log_mean(mode, "objective/entropy", gather(F.masked_mean(entropy, maskf, dim=1)))
-        self._log_mean(mode, "completions/mean_length", gather(maskf.sum(1)))
-        self._log_mean(mode, "completions/eos_ratio", gather(has_eos.float()))
-        self._metrics[mode]["value/explained_variance"].append(F.explained_variance(values, returns, maskf).item())
+        self._log_mean(mode, "objective/rlhf_reward", scores - self.kl_coef * kl.sum(1))
+        self._log_mean(mode, "objective/entropy", masked_mean(entropy, maskf, dim=1))
+        self._log_mean(mode, "completions/mean_length", maskf.sum(1))
+        self._log_mean(mode, "completions/eos_ratio", has_eos.float())
+        self._metrics[mode]["value/explained_variance"].append(
+            ppo_loss.explained_variance(values, returns, maskf).item()
+        )
         self._metrics[mode]["ppo/kl_coef"].append(self.kl_coef)
         if mode == "train" and args.kl_target is not None:
-            self.kl_coef = F.adaptive_kl_coef(
+            self.kl_coef = ppo_loss.adaptive_kl_coef(
                 self.kl_coef, seq_kl.mean().item(), args.kl_target, seq_kl.numel(), args.kl_horizon
             )
         return {
@@ -482,9 +433,6 @@ class PPOTrainer(_BaseTrainer):
             "scores": scores,
             "kl": kl.sum(1),
         }
-
-    def _log_mean(self, mode: str, name: str, values: torch.Tensor) -> None:
-        self._metrics[mode][name].append(values.float().mean().item())
 
     # ------------------------------------------------------------------------------------------------ training
     def _prepare_inputs(self, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -526,10 +474,10 @@ class PPOTrainer(_BaseTrainer):
         logps, entropy, values = self._forward(
             model, inputs["input_ids"], inputs["attention_mask"], mask.shape[1], values=True
         )
-        pg_loss, clip_fraction = F.ppo_policy_loss(
+        pg_loss, clip_fraction = ppo_loss.ppo_policy_loss(
             logps.float(), inputs["old_logps"], inputs["advantages"], mask, args.cliprange
         )
-        vf_loss, vf_clip_fraction = F.ppo_value_loss(
+        vf_loss, vf_clip_fraction = ppo_loss.ppo_value_loss(
             values, inputs["old_values"], inputs["returns"], mask, args.cliprange_value
         )
         loss = pg_loss + args.vf_coef * vf_loss
@@ -537,7 +485,7 @@ class PPOTrainer(_BaseTrainer):
         with torch.no_grad():
             # KL(pi_old || pi_theta) on the rollout's tokens (k2, as Spinning Up / baselines' approxkl)
             approx_kl = self.accelerator.gather(
-                F.masked_mean(F.kl_estimate(inputs["old_logps"], logps.float(), "k2"), mask)
+                masked_mean(kl_estimate(inputs["old_logps"], logps.float(), "k2"), mask)
             ).mean()
             stats = {
                 "loss/policy": pg_loss,
@@ -545,8 +493,8 @@ class PPOTrainer(_BaseTrainer):
                 "policy/clip_fraction": clip_fraction,
                 "value/clip_fraction": vf_clip_fraction,
                 "policy/approx_kl": approx_kl,
-                "policy/entropy": F.masked_mean(entropy, mask),
-                "policy/ratio": F.masked_mean(torch.exp(logps.float() - inputs["old_logps"]), mask),
+                "policy/entropy": masked_mean(entropy, mask),
+                "policy/ratio": masked_mean(torch.exp(logps.float() - inputs["old_logps"]), mask),
             }
             for name, value in stats.items():
                 self._metrics[mode][name].append(self.accelerator.gather(value.detach()).mean().item())
@@ -561,17 +509,10 @@ class PPOTrainer(_BaseTrainer):
         loss = -(rollout["scores"] - self.kl_coef * rollout["kl"]).mean()
         return loss.detach(), None, None
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
-        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
-        if mode == "train":
-            if self.weight_bytes_report and not any(h.get("memory/total_bytes") for h in self.state.log_history):
-                metrics.update(self.weight_bytes_report)  # once, in the first log line
-        else:
-            metrics = {f"eval_{k}": v for k, v in metrics.items()}
-        logs.update(metrics)
-        super().log(logs, start_time)
-        self._metrics[mode].clear()
+    def _extra_train_logs(self) -> dict[str, float]:
+        if self.weight_bytes_report and not any(h.get("memory/total_bytes") for h in self.state.log_history):
+            return dict(self.weight_bytes_report)  # once, in the first log line
+        return {}
 
     # ------------------------------------------------------------------------------------------- save / resume
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

@@ -6,21 +6,26 @@
 - The pure loss, advantage and metric functions of `ranked_grpo_loss`.
 """
 
-from .online import RewardModelScorer, consecutive_groups, load_reward_model, ranks_within_groups
-from .plackett_luce_reward import DataCollatorForRankedRewards, PlackettLuceRewardTrainer, reward_model_input_ids
+from .online import RewardModelScorer, layout_group_index, ranks_across_processes, ranks_within_groups
+from .plackett_luce_reward import DataCollatorForRankedRewards, PlackettLuceRewardTrainer
 from .ranked_grpo_config import RankedGRPOConfig
 from .ranked_grpo_loss import (
     GRPOTokenLoss,
     aggregate_token_loss,
+    fractional_ranks,
     group_advantages,
     group_kendall_tau,
     grpo_token_loss,
-    k3_kl,
     kendall_tau,
     plackett_luce_loss,
     rank_rewards,
 )
-from .ranked_grpo_trainer import DataCollatorForRankedGroups, RankedGRPOTrainer, implicit_rewards, tokenize_ranked_row
+from .ranked_grpo_trainer import (
+    DataCollatorForRankedGroups,
+    RankedGRPOTrainer,
+    group_implicit_rewards,
+    tokenize_ranked_row,
+)
 
 __all__ = [
     "DataCollatorForRankedGroups",
@@ -31,17 +36,16 @@ __all__ = [
     "RankedGRPOTrainer",
     "RewardModelScorer",
     "aggregate_token_loss",
-    "consecutive_groups",
+    "fractional_ranks",
     "group_advantages",
+    "group_implicit_rewards",
     "group_kendall_tau",
     "grpo_token_loss",
-    "implicit_rewards",
-    "k3_kl",
-    "load_reward_model",
     "kendall_tau",
+    "layout_group_index",
     "plackett_luce_loss",
     "rank_rewards",
+    "ranks_across_processes",
     "ranks_within_groups",
-    "reward_model_input_ids",
     "tokenize_ranked_row",
 ]

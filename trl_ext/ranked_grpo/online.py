@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from trl.trainer.utils import pad
 
-from .plackett_luce_reward import reward_model_input_ids
+from trl_ext.tokenization import encode_sequence, pad_token_id
+
 from .ranked_grpo_loss import rank_rewards
 
 
@@ -27,15 +27,30 @@ def ranks_within_groups(scores: Tensor, group_index: Tensor) -> Tensor:
     return rank_rewards(ranks, group_index, "linear")
 
 
-def consecutive_groups(prompts: Sequence[Any]) -> Tensor:
-    """Group index of each completion: runs of equal consecutive prompts (TRL's GRPO lists each prompt's
-    `num_generations` completions next to each other when it calls the reward functions)."""
-    index, current = [], -1
-    for i, prompt in enumerate(prompts):
-        if i == 0 or prompt != prompts[i - 1]:
-            current += 1
-        index.append(current)
-    return torch.tensor(index, dtype=torch.long)
+def layout_group_index(total: int, group_size: int) -> Tensor:
+    """Group of each completion in TRL's GRPO layout: the gathered batch (all processes, in process order) holds each
+    prompt's `group_size` completions next to each other, so completion ``i`` belongs to group ``i // group_size``.
+    Two groups of the same prompt stay two groups. ``(total,)``."""
+    if group_size < 1 or total % group_size:
+        raise ValueError(f"{total} completions do not split into groups of num_generations={group_size}")
+    return torch.arange(total) // group_size
+
+
+def ranks_across_processes(
+    local_scores: Tensor,
+    group_size: int,
+    *,
+    gather: Callable[[Tensor], Tensor] = lambda t: t,
+    process_index: int = 0,
+) -> Tensor:
+    """`ranks_within_groups` of this process's scores, with each group whole: TRL calls a reward function on each
+    process's slice of the generation batch, and a group of `group_size` may straddle processes, so the scores are
+    gathered (`gather`, every process's tensor concatenated in process order, as `accelerate`'s `gather` does),
+    ranked in their groups, and this process's slice is returned. ``(n_local,)``."""
+    everything = gather(local_scores)
+    ranks = ranks_within_groups(everything, layout_group_index(everything.numel(), group_size))
+    start = process_index * local_scores.numel()
+    return ranks[start : start + local_scores.numel()]
 
 
 class RewardModelScorer:
@@ -45,7 +60,7 @@ class RewardModelScorer:
     trains on prompt + completion *with EOS appended* to plain text and reads the score at that last token, while
     `GRPOTrainer` scores prompt + completion decoded without special tokens, so the score is read at a position the
     model was never trained on. This scorer builds the reward model's input exactly as `RewardTrainer` did
-    (`reward_model_input_ids`), and can rank within groups.
+    (`trl_ext.tokenization.encode_sequence`), and can rank within groups.
 
     Args:
         model: a `num_labels=1` sequence-classification model (a `PeftModel` works), in eval mode.
@@ -64,22 +79,40 @@ class RewardModelScorer:
         tokenizer: PreTrainedTokenizerBase,
         *,
         rank_within_group: bool = False,
+        num_generations: int | None = None,
         batch_size: int = 32,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.rank_within_group = rank_within_group
+        self.num_generations = num_generations
         self.batch_size = batch_size
+        self.trainer: Trainer | None = None
         self.__name__ = "reward_model_ranks" if rank_within_group else "reward_model"
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_token_id = pad_id
-        model.config.pad_token_id = pad_id  # the score is read at the last non-pad token
+        self.pad_token_id = pad_token_id(tokenizer)
+        model.config.pad_token_id = self.pad_token_id  # the score is read at the last non-pad token
+
+    def attach(self, trainer: Trainer) -> RewardModelScorer:
+        """Read the group size (`num_generations`, or `num_generations_eval` while evaluating) and the processes from
+        the `trl.GRPOTrainer` this scorer rewards; needed with `rank_within_group` (groups span processes)."""
+        self.trainer = trainer
+        return self
+
+    def _group_size(self) -> int:
+        trainer = self.trainer
+        if trainer is not None:
+            evaluating = not trainer.model.training
+            size = getattr(trainer, "num_generations_eval", None) if evaluating else None
+            return int(size or trainer.num_generations)
+        if self.num_generations is None:
+            raise ValueError("rank_within_group needs the group size: pass num_generations, or call attach(trainer)")
+        return self.num_generations
 
     @torch.no_grad()
     def scores(self, prompts: Sequence[Any], completions: Sequence[Any]) -> Tensor:
         """The reward model's score of each prompt + completion, ``(N,)`` float32 on the CPU."""
         device = next(self.model.parameters()).device
-        ids = [torch.tensor(reward_model_input_ids(self.tokenizer, p, c)) for p, c in zip(prompts, completions)]
+        ids = [torch.tensor(encode_sequence(self.tokenizer, p, c)) for p, c in zip(prompts, completions)]
         out = []
         for start in range(0, len(ids), self.batch_size):
             chunk = ids[start : start + self.batch_size]
@@ -91,41 +124,15 @@ class RewardModelScorer:
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
         scores = self.scores(prompts, completions)
         if self.rank_within_group:
-            scores = ranks_within_groups(scores, consecutive_groups(prompts))
+            if self.trainer is not None and self.trainer.accelerator.num_processes > 1:
+                accelerator = self.trainer.accelerator
+                device = accelerator.device
+                scores = ranks_across_processes(
+                    scores.to(device),
+                    self._group_size(),
+                    gather=accelerator.gather,
+                    process_index=accelerator.process_index,
+                ).cpu()
+            else:
+                scores = ranks_across_processes(scores, self._group_size())
         return scores.tolist()
-
-
-def load_reward_model(
-    path: str,
-    *,
-    dtype: torch.dtype | str | None = None,
-    quantization_config: Any | None = None,
-    device_map: Any | None = None,
-    trust_remote_code: bool = False,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A reward model saved by `recipes/reward.py` or `recipes/grpo.py --mode online` (full model, merged model or LoRA
-    adapter with its score head), and its tokenizer, for inference."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from trl_ext.tiny import resolve_model_name
-
-    path = resolve_model_name(path)
-    is_adapter = os.path.exists(os.path.join(path, "adapter_config.json"))
-    base = path
-    if is_adapter:
-        from peft import PeftConfig
-
-        base = resolve_model_name(PeftConfig.from_pretrained(path).base_model_name_or_path)
-    kwargs: dict[str, Any] = {"num_labels": 1, "trust_remote_code": trust_remote_code}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if quantization_config is not None:
-        kwargs["quantization_config"] = quantization_config
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-    model = AutoModelForSequenceClassification.from_pretrained(base, **kwargs)
-    if is_adapter:  # LoRA weights and the trained score head (saved as modules_to_save)
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, path)
-    return model.eval(), AutoTokenizer.from_pretrained(path)

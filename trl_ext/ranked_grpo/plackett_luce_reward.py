@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 from trl import RewardTrainer
-from trl.data_utils import is_conversational
 from trl.trainer.utils import pad
+
+from trl_ext.tokenization import encode_sequence
 
 from .ranked_grpo_loss import group_kendall_tau, group_sum, plackett_luce_loss
 
@@ -24,8 +25,7 @@ class PlackettLuceRewardTrainer(RewardTrainer):
     utilities), instead of TRL's Bradley-Terry loss on pairs.
 
     The only changes w.r.t. `trl.RewardTrainer` (TRL 1.16): the data are `ranked` groups (`prompt`, `responses`,
-    `ranking`), tokenized per response exactly as `RewardTrainer` tokenizes `chosen` (prompt + response, EOS appended
-    to plain text; chat messages through the chat template), and `compute_loss` scores every response of a group in
+    `ranking`), tokenized per response exactly as `RewardTrainer` tokenizes `chosen` (`trl_ext.tokenization.encode_sequence`), and `compute_loss` scores every response of a group in
     one batch. With two responses per group the loss is `RewardTrainer`'s `-log sigmoid(r_chosen - r_rejected)`,
     `center_rewards_coefficient` term included (`mean((r_1 + r_2)^2)`; for larger groups, the squared group sum).
     Ties compete only against strictly worse responses (Bradley-Terry on all pairs also skips them).
@@ -35,7 +35,7 @@ class PlackettLuceRewardTrainer(RewardTrainer):
     group of n counts as one example rather than n(n-1)/2 correlated pairs.
 
     Depends on TRL 1.16's private `RewardTrainer._prepare_dataset(dataset, processing_class, args, dataset_name)`
-    hook, which `__init__` calls on the train and eval sets (`tests/test_grpo_online.py` fails if it changes).
+    hook, which `__init__` calls on the train and eval sets (`tests/test_trl_internals.py` fails if it changes).
 
     Example:
         >>> from trl import RewardConfig
@@ -100,20 +100,9 @@ def tokenize_ranked_for_reward(
 ) -> dict[str, Any]:
     """One `ranked` row -> one token list per response (prompt + response, as `RewardTrainer` tokenizes `chosen`).
     Responses longer than `max_length` are left out (as `RewardTrainer` leaves out such pairs)."""
-    ids = [reward_model_input_ids(tokenizer, row["prompt"], response) for response in row["responses"]]
+    ids = [encode_sequence(tokenizer, row["prompt"], response) for response in row["responses"]]
     keep = [i for i, x in enumerate(ids) if max_length is None or len(x) <= max_length]
     return {"responses_ids": [ids[i] for i in keep], "ranking": [int(row["ranking"][i]) for i in keep]}
-
-
-def reward_model_input_ids(tokenizer: PreTrainedTokenizerBase, prompt: Any, completion: Any) -> list[int]:
-    """Token ids of prompt + completion as TRL 1.16's `RewardTrainer` builds them for training: chat messages through
-    the chat template; plain text with EOS appended (the reward head reads the last token, so scoring must end the
-    same way)."""
-    if is_conversational({"prompt": prompt}):
-        return tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
-    eos = tokenizer.eos_token
-    text = prompt + completion
-    return tokenizer(text=text if text.endswith(eos) else text + eos)["input_ids"]
 
 
 @dataclass

@@ -26,6 +26,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from trl_ext.ops import kl_estimate
+
 RankReward = Literal["linear", "exponential"]
 RANK_REWARDS: tuple[str, ...] = ("linear", "exponential")
 ScaleRewards = Literal["group", "batch", "none"]
@@ -52,6 +54,20 @@ def group_sizes(group_index: Tensor) -> Tensor:
 
 
 # --- ranks -> rewards -> advantages ----------------------------------------------------------------------------
+def fractional_ranks(ranks: Tensor, group_index: Tensor) -> Tensor:
+    """The positions a group's ranking assigns, ties at the mean of the positions they span (1 = best).
+
+    Dense (``[1, 2, 2, 3]``) and competition (``[1, 2, 2, 4]``) rankings state the same order; both become
+    ``[1, 2.5, 2.5, 4]``, so the same order always gives the same rewards and advantages. A ranking without ties is
+    returned unchanged. ``(N,)`` -> ``(N,)`` float: ``1 + #(strictly better) + (#(tied, itself included) - 1) / 2``.
+    """
+    ranks = ranks.float()
+    same = group_index[:, None] == group_index[None, :]  # (N, N)
+    better = (same & (ranks[None, :] < ranks[:, None])).sum(-1).float()  # (N,)
+    tied = (same & (ranks[None, :] == ranks[:, None])).sum(-1).float()  # (N,) itself included
+    return 1 + better + (tied - 1) / 2
+
+
 def rank_rewards(ranks: Tensor, group_index: Tensor, kind: RankReward = "linear") -> Tensor:
     """Rewards from ranks (1 = best), each in [0, 1] with the best response of a group at 1 and rank n at 0.
 
@@ -59,8 +75,9 @@ def rank_rewards(ranks: Tensor, group_index: Tensor, kind: RankReward = "linear"
     - ``"exponential"``: ``r = (2^(n - rank) - 1) / (2^(n - 1) - 1)``, the DCG gain, normalized: the top of a
       ranking is spread further apart than its bottom (for n = 4: 1, 3/7, 1/7, 0).
 
-    ``n`` is the size of each row's group, so groups of different sizes map onto the same [0, 1] scale. Equal ranks
-    (ties) give equal rewards. With ``scale_rewards="group"`` any positive affine map of the ranks gives the same
+    ``n`` is the size of each row's group, so groups of different sizes map onto the same [0, 1] scale. The ranks are
+    first made fractional (:func:`fractional_ranks`): tied responses sit at the mean of the positions they span, so a
+    dense and a competition ranking of the same order give the same rewards, and ties get equal rewards. With ``scale_rewards="group"`` any positive affine map of the ranks gives the same
     advantages, so ``"linear"`` is then the same as using the ranks themselves (negated).
 
     Args:
@@ -71,7 +88,7 @@ def rank_rewards(ranks: Tensor, group_index: Tensor, kind: RankReward = "linear"
     Returns:
         ``(N,)`` float rewards.
     """
-    ranks = ranks.float()
+    ranks = fractional_ranks(ranks, group_index)
     n = group_sizes(group_index).float()  # (N,)
     if kind == "linear":
         return (n - ranks) / (n - 1).clamp(min=1)
@@ -140,14 +157,6 @@ class GRPOTokenLoss(NamedTuple):
     kl: Tensor | None  # k3 estimate of KL(pi_theta || pi_ref) per token; None when beta == 0
 
 
-def k3_kl(per_token_logps: Tensor, ref_per_token_logps: Tensor) -> Tensor:
-    """Schulman's k3 estimator of KL(pi || pi_ref) per token: ``exp(d) - d - 1`` with ``d = log pi_ref - log pi``.
-
-    Non-negative, 0 where the two agree (DeepSeekMath Eq. 4). Shapes ``(N, T)``."""
-    delta = ref_per_token_logps - per_token_logps
-    return torch.exp(delta) - delta - 1
-
-
 def grpo_token_loss(
     per_token_logps: Tensor,
     old_per_token_logps: Tensor,
@@ -201,7 +210,7 @@ def grpo_token_loss(
     if beta != 0.0:
         if ref_per_token_logps is None:
             raise ValueError("beta != 0 needs ref_per_token_logps")
-        kl = k3_kl(per_token_logps, ref_per_token_logps)
+        kl = kl_estimate(per_token_logps, ref_per_token_logps, "k3")  # exp(d) - d - 1, d = log pi_ref - log pi
         if use_bias_correction_kl:
             kl = kl * coef_1
         per_token_loss = per_token_loss + beta * kl

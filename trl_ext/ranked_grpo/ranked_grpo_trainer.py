@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,14 +12,11 @@ from accelerate.utils import is_peft_model
 from datasets import Dataset
 from torch.utils.data import Sampler, SequentialSampler
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
 )
-from trl.data_utils import common_prefix_length, is_conversational
 from trl.trainer.utils import (
     RepeatSampler,
     add_fused_lm_head,
@@ -29,6 +24,17 @@ from trl.trainer.utils import (
     pad,
     selective_log_softmax,
     use_adapter,
+)
+
+from trl_ext.models import causal_lm_from, tokenizer_from
+from trl_ext.tokenization import encode_group
+from trl_ext.trainer_utils import (
+    MetricsMixin,
+    frozen_copy,
+    prepare_reference_model,
+    reference_adapter,
+    reference_context,
+    wrap_policy,
 )
 
 from .ranked_grpo_config import OFFLINE_LOSS_TYPES, RankedGRPOConfig
@@ -48,7 +54,7 @@ logger = logging.getLogger(__name__)
 TOKENIZED_COLUMNS = ("prompt_ids", "completion_ids", "ranks", "scores")
 
 
-class RankedGRPOTrainer(Trainer):
+class RankedGRPOTrainer(MetricsMixin, Trainer):
     r"""
     GRPO (Shao et al., DeepSeekMath, arXiv:2402.03300) from human rankings, offline: the group of a prompt is the
     row's ranked responses, ranks become rewards (`rank_reward`), rewards become group-relative advantages
@@ -94,7 +100,7 @@ class RankedGRPOTrainer(Trainer):
 
     Example:
         >>> from trl_ext import RankedGRPOConfig, RankedGRPOTrainer
-        >>> from trl_ext.synthetic import ToyTask
+        >>> from trl_ext.testing.synthetic import ToyTask
         >>> from datasets import Dataset
         >>> data = Dataset.from_list(ToyTask().rows("ranked", 64))
         >>> args = RankedGRPOConfig("out", beta=0.04, learning_rate=1e-4, use_cpu=True, bf16=False,
@@ -137,39 +143,22 @@ class RankedGRPOTrainer(Trainer):
 
         # Model and tokenizer
         if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
+            model = causal_lm_from(model, **(args.model_init_kwargs or {}))
         if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
+            processing_class = tokenizer_from(model.config._name_or_path)
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
         model.config.pad_token_id = processing_class.pad_token_id
 
         # PEFT: a new adapter (reference = adapters off), or an existing one (reference = a frozen "ref" copy)
-        if peft_config is not None:
-            if is_peft_model(model):
-                raise ValueError("pass either a PeftModel or a peft_config, not both")
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
-            quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
-            if quantized and args.bf16:  # QLoRA keeps adapters in bf16 (as TRL's trainers do)
-                for param in model.parameters():
-                    if param.requires_grad:
-                        param.data = param.data.to(torch.bfloat16)
-        elif is_peft_model(model) and ref_model is None:
-            model.add_adapter("ref", model.peft_config["default"])
-            for name, param in model.named_parameters():
-                if ".default." in name:
-                    model.get_parameter(name.replace(".default.", ".ref.")).data.copy_(param.data)
+        if ref_model is None or peft_config is not None:
+            model = wrap_policy(model, peft_config, bf16=args.bf16)
         if is_peft_model(model) and args.gradient_checkpointing:
             model.enable_input_require_grads()
 
         self.needs_reference = args.beta != 0 or args.loss_type == "plackett_luce" or args.ratio_against == "reference"
         if ref_model is None and not is_peft_model(model) and self.needs_reference:
-            ref_model = copy.deepcopy(model)
-            # A forward patched onto the instance by an earlier TRL trainer (fused LM head) closes over the original
-            # model's forward, which a deep copy keeps: drop it, so the copy runs its own weights.
-            ref_model.__dict__.pop("forward", None)
+            ref_model = frozen_copy(model)
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
         if args.disable_dropout:
@@ -209,23 +198,13 @@ class RankedGRPOTrainer(Trainer):
         # Per-token log-probabilities without materializing (N, T, vocab) logits: TRL 1.16's fused LM head, the one
         # DPOTrainer uses (so the Plackett-Luce loss with two responses reproduces its numbers).
         add_fused_lm_head(self.model.get_base_model() if is_peft_model(self.model) else self.model)
-        self.ref_model = ref_model
-        if self.ref_model is not None:
-            add_fused_lm_head(self.ref_model)
-            if self.is_deepspeed_enabled:
-                from trl.models import prepare_deepspeed
-
-                self.ref_model = prepare_deepspeed(self.ref_model, self.accelerator)
-            elif self.is_fsdp_enabled:
-                from trl.models import prepare_fsdp
-
-                self.ref_model = prepare_fsdp(self.ref_model, self.accelerator)
-            else:
-                self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
+        if ref_model is not None:
+            add_fused_lm_head(ref_model)
+        self.ref_model = prepare_reference_model(self, ref_model)
 
         self.epsilon_low = args.epsilon
         self.epsilon_high = args.epsilon_high if args.epsilon_high is not None else args.epsilon
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._init_metrics()
         # num_iterations > 1: per micro-batch of the current accumulated batch, the log-probabilities of the policy
         # that started the step and of the reference, kept from the first pass and reused by the next ones.
         self._window_cache: dict[int, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
@@ -326,10 +305,7 @@ class RankedGRPOTrainer(Trainer):
     def _ref_per_token_logps(self, inputs: dict[str, Any]) -> torch.Tensor:
         if self.ref_model is not None:
             return self._per_token_logps(self.ref_model, inputs)
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        if not is_peft_model(unwrapped):
-            raise ValueError("no reference model: pass ref_model, or train with a peft_config")
-        with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+        with reference_context(self):
             return self._per_token_logps(self.model, inputs)
 
     @property
@@ -410,16 +386,6 @@ class RankedGRPOTrainer(Trainer):
         return loss.detach(), None, None
 
     # ---------------------------------------------------------------------------------------------------- metrics
-    def _log_mean(self, mode: str, name: str, values: torch.Tensor, weights: torch.Tensor | None = None):
-        """Record the mean of `values` over all processes (NaNs skipped), optionally weighted."""
-        values = values.detach().float().reshape(-1)
-        weights = torch.ones_like(values) if weights is None else weights.detach().float().reshape(-1)
-        keep = ~torch.isnan(values)
-        stats = torch.stack([(values[keep] * weights[keep]).sum(), weights[keep].sum()])
-        total, count = self.accelerator.reduce(stats, reduction="sum").tolist()
-        if count > 0:
-            self._metrics[mode][name].append(total / count)
-
     def _log_grpo_metrics(self, mode, out, advantages, mask):
         if out.kl is not None:
             self._log_mean(mode, "kl", out.kl * mask, mask.expand_as(out.kl))
@@ -441,20 +407,11 @@ class RankedGRPOTrainer(Trainer):
         self._log_mean(mode, "implicit_reward/accuracy", right)
         self._log_mean(mode, "implicit_reward/mean", implicit_rewards)
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
-        metrics = {key: sum(val) / len(val) for key, val in self._metrics[mode].items() if val}
-        if mode == "eval":
-            metrics = {f"eval_{key}": val for key, val in metrics.items()}
-        logs.update(metrics)  # in place: `evaluate` returns this dict, so the metrics reach the caller (and the card)
-        super().log(logs, start_time)
-        self._metrics[mode].clear()
-
     # ---------------------------------------------------------------------------------------------------- scoring
-    def implicit_rewards(self, dataset: Dataset, batch_size: int | None = None) -> list[list[float]]:
+    def group_implicit_rewards(self, dataset: Dataset, batch_size: int | None = None) -> list[list[float]]:
         """Per row of `dataset` (`ranked` shape), the implicit reward of each response under the current policy:
-        `log pi(y|x) - log pi_ref(y|x)` summed over the response's tokens (see the module-level `implicit_rewards`)."""
-        return implicit_rewards(
+        `log pi(y|x) - log pi_ref(y|x)` summed over the response's tokens (see the module-level `group_implicit_rewards`)."""
+        return group_implicit_rewards(
             self.accelerator.unwrap_model(self.model),
             self._tokenizer,
             dataset,
@@ -466,7 +423,7 @@ class RankedGRPOTrainer(Trainer):
 
 
 @torch.no_grad()
-def implicit_rewards(
+def group_implicit_rewards(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     dataset: Dataset | list[dict[str, Any]],
@@ -515,7 +472,7 @@ def implicit_rewards(
             if ref_model is not None:
                 ref_logps = sequence_logps(ref_model, batch)
             else:
-                with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
+                with use_adapter(model, adapter_name=reference_adapter(model)):
                     ref_logps = sequence_logps(model, batch)
             values = (logps - ref_logps).cpu()
             group_index = batch["group_index"].cpu()
@@ -546,21 +503,7 @@ def tokenize_ranked_row(
         raise ValueError(f"{name} row {index + 1}: `ranking` must hold one rank per response ({len(responses)})")
     if any(not isinstance(r, (int, float)) or r < 1 or r != int(r) for r in ranking):
         raise ValueError(f"{name} row {index + 1}: `ranking` must hold integer ranks >= 1 (1 = best), got {ranking}")
-    prompt = row["prompt"]
-    if is_conversational({"prompt": prompt}):
-        prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)
-        prompt_ids = prompt_ids["input_ids"]
-        full = [
-            tokenizer.apply_chat_template(prompt + response, tokenize=True, return_dict=True)["input_ids"]
-            for response in responses
-        ]
-    else:
-        eos = tokenizer.eos_token
-        prompt_ids = tokenizer(text=prompt)["input_ids"]
-        full = [tokenizer(text=prompt + (r if r.endswith(eos) else r + eos))["input_ids"] for r in responses]
-    prompt_len = min(common_prefix_length(prompt_ids, ids) for ids in full)
-    completions = [ids[prompt_len:] for ids in full]
-    prompt_ids = prompt_ids[:prompt_len]
+    prompt_ids, completions = encode_group(tokenizer, row["prompt"], responses)
     if max_prompt_length is not None:
         prompt_ids = prompt_ids[-max_prompt_length:]
     if max_completion_length is not None:

@@ -46,6 +46,12 @@ def quality(text: str) -> float:
     return sum(w in GOOD_WORDS for w in words) / len(words) if words else 0.0
 
 
+def toy_quality(prompts: list, completions: list, **kwargs) -> list[float]:
+    """`quality` as a reward function in TRL's form (``func(prompts=..., completions=..., **kwargs)``): the known-truth
+    score of each completion (plain text, or the last message of a chat completion). PPO's tiny config names it."""
+    return [quality(c if isinstance(c, str) else c[-1]["content"]) for c in completions]
+
+
 def word_count(text: str) -> int:
     return len(text.split())
 

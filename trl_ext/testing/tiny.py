@@ -1,6 +1,6 @@
 """The embedded default model: a tiny Llama built locally, so recipes and tests run offline on a CPU.
 
-`tiny-cpu.yaml` configs name ``trl-ext/tiny-llama``; :func:`resolve_model_name` turns that name into a local
+`tiny-cpu.yaml` configs name ``trl-ext/tiny-llama``; `trl_ext.models.resolve_model_name` turns that name into a local
 folder, building it the first time (deterministic: same seed, same weights) and caching it under
 ``$TRL_EXT_CACHE`` (default ``~/.cache/trl_ext``). Any other name is passed through untouched.
 
@@ -10,7 +10,7 @@ plain text, so a tokenized prompt is a prefix of the tokenized prompt + completi
 
 Example:
     >>> from transformers import AutoModelForCausalLM
-    >>> from trl_ext.tiny import resolve_model_name
+    >>> from trl_ext.models import resolve_model_name
     >>> model = AutoModelForCausalLM.from_pretrained(resolve_model_name("trl-ext/tiny-llama"))
 """
 
@@ -47,15 +47,6 @@ TINY_CONFIG = dict(
 
 def cache_dir() -> Path:
     return Path(os.environ.get("TRL_EXT_CACHE", Path.home() / ".cache" / "trl_ext"))
-
-
-def is_tiny_model_name(name: str | os.PathLike | None) -> bool:
-    return name is not None and str(name) == TINY_MODEL_ID
-
-
-def resolve_model_name(name: str) -> str:
-    """Return a loadable path for `name`: the local tiny model for ``trl-ext/tiny-llama``, else `name` itself."""
-    return str(tiny_model_path()) if is_tiny_model_name(name) else name
 
 
 def build_byte_tokenizer():

@@ -1,0 +1,228 @@
+"""Evaluation of an aligned policy, in layers:
+
+- `metrics` (pure, typed, no model): per-token log-probabilities from logits, sequence sums and means, the
+  implicit reward ``log pi(y|x) - log pi_ref(y|x)``, preference accuracy, win rate, a KL summary, length
+  statistics. Each is a few lines of tensor arithmetic, tested against hand-computed numbers.
+- `scoring`: log-probabilities of completions under a model and its reference, reward-model scores (one padded-batch
+  runner, TRL's tokenization from `trl_ext.tokenization`).
+- `generation`: completions sampled from exactly the model's distribution, their lengths, KL on them.
+- `evaluate_policy` (here) runs them all and returns one flat dict of metrics (what `recipes/evaluate.py` and
+  `benchmarks/alignment.py` report); `trl_ext.eval_report` writes it out.
+
+The reference model: for a PEFT model it is the base with the adapters disabled (``model.disable_adapter()``; no
+second copy in memory). For a full model pass the base explicitly (`ref_model`).
+
+Definitions (as TRL's trainers use them):
+
+- implicit reward: ``r(x, y) = log pi(y|x) - log pi_ref(y|x)``, summed over the completion tokens (EOS included);
+  the per-token mean divides by the completion's token count (what IPO/ORPO-style length normalization uses).
+- preference accuracy on pairs: the fraction of pairs whose chosen completion gets the higher score; a tie counts
+  one half (so a model equal to its reference scores exactly 0.5).
+- win rate: the fraction of prompts where the policy's generation scores higher than the reference's; ties one half.
+- KL to the reference: on the policy's own samples (temperature 1, no top-k/top-p), the mean over generated tokens
+  of ``log pi(y_t|...) - log pi_ref(y_t|...)`` (the "k1" estimator, unbiased for KL(pi || pi_ref) per sequence;
+  "k3" = ``exp(-d) - 1 + d`` with ``d = log pi - log pi_ref`` is also unbiased and never negative).
+
+Example:
+    >>> from trl_ext import evaluation as ev
+    >>> report = ev.evaluate_policy(model, tokenizer, pairs=test_pairs, prompts=test_prompts,
+    ...                             score_fn=ev.reward_model_scorer(rm, rm_tokenizer))
+    >>> report["metrics"]["preference_accuracy"], report["metrics"]["win_rate"], report["metrics"]["kl_per_token"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from trl_ext.tokenization import Text, pad_token_id
+
+from .generation import Generations, completion_lengths, generate, kl_to_reference
+from .metrics import (
+    KLEstimate,
+    SequenceLogps,
+    describe,
+    implicit_reward,
+    kl_summary,
+    mean_and_spread,
+    pairwise_auc,
+    preference_accuracy,
+    reward_margins,
+    sequence_logps,
+    token_logps,
+    win_rate,
+)
+from .scoring import (
+    CompletionScores,
+    PairEvaluation,
+    ScoreFn,
+    completion_scores,
+    completion_scores_from_ids,
+    evaluate_pairs,
+    has_reference,
+    padded_forward,
+    preference_accuracy_of_model,
+    reference_model,
+    reward_model_accuracy,
+    reward_model_scorer,
+    reward_scores,
+    sequence_token_logps,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "CompletionScores",
+    "Generations",
+    "KLEstimate",
+    "PairEvaluation",
+    "ScoreFn",
+    "SequenceLogps",
+    "completion_lengths",
+    "completion_scores",
+    "completion_scores_from_ids",
+    "describe",
+    "evaluate_pairs",
+    "evaluate_policy",
+    "generate",
+    "has_reference",
+    "implicit_reward",
+    "kl_summary",
+    "kl_to_reference",
+    "mean_and_spread",
+    "padded_forward",
+    "pairwise_auc",
+    "preference_accuracy",
+    "preference_accuracy_of_model",
+    "reference_model",
+    "reward_margins",
+    "reward_model_accuracy",
+    "reward_model_scorer",
+    "reward_scores",
+    "sequence_logps",
+    "sequence_token_logps",
+    "token_logps",
+    "win_rate",
+]
+
+
+@torch.no_grad()
+def evaluate_policy(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    ref_model: torch.nn.Module | None = None,
+    pairs: Sequence[dict[str, Any]] | None = None,
+    labelled: Sequence[dict[str, Any]] | None = None,
+    prompts: Sequence[Text] | None = None,
+    score_fn: ScoreFn | None = None,
+    reward_model: torch.nn.Module | None = None,
+    reward_tokenizer: PreTrainedTokenizerBase | None = None,
+    max_new_tokens: int = 64,
+    num_samples: int = 1,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    length_unit: Literal["tokens", "words", "chars"] = "tokens",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Everything `recipes/evaluate.py` reports, for a policy and its reference.
+
+    - `pairs` (prompt/chosen/rejected): implicit-reward preference accuracy (sum and per-token mean), likelihood
+      accuracy of the policy and of the reference, mean margin; with a reward model also its pairwise accuracy.
+    - `labelled` (prompt/completion/label, KTO's columns): `label_auc`, the probability that a good completion gets a
+      higher implicit reward than a bad one (preference accuracy over all good x bad pairs), and the mean reward of each.
+    - `prompts`: `num_samples` generations per prompt from the policy and from the reference (temperature 1);
+      length mean/distribution for both; KL(pi || pi_ref) on the policy's samples; with a `score_fn` (or a
+      `reward_model`, which makes one) the mean score of both and the policy's win rate over the reference.
+
+    Returns ``{"metrics": {flat name -> number}, "distributions": {name -> list}, "samples": [...]}``; the
+    distributions feed the before/after histograms of `trl_ext.eval_report`.
+    """
+    metrics: dict[str, float] = {}
+    dists: dict[str, list[float]] = {}
+    samples: list[dict[str, Any]] = []
+    if reward_model is not None and score_fn is None:
+        score_fn = reward_model_scorer(reward_model, reward_tokenizer or tokenizer, batch_size=batch_size, progress=progress)  # fmt: skip
+    ref_available = has_reference(model, ref_model)
+
+    if pairs:
+        pe = evaluate_pairs(
+            model,
+            tokenizer,
+            pairs,
+            ref_model=ref_model,
+            batch_size=batch_size,
+            max_length=max_length,
+            progress=progress,
+        )
+        metrics.update(pe.metrics())
+        margins = pe.margins()
+        dists["margin_after"] = margins["after"]
+        if "before" in margins:
+            dists["margin_before"] = margins["before"]
+            dists["implicit_reward_margin"] = [a - b for a, b in zip(margins["after"], margins["before"])]
+        if reward_model is not None:
+            metrics.update(
+                reward_model_accuracy(
+                    reward_model, reward_tokenizer or tokenizer, pairs, batch_size=batch_size, progress=progress
+                )
+            )
+
+    if labelled:
+        scores = completion_scores(
+            model,
+            tokenizer,
+            [r["prompt"] for r in labelled],
+            [r["completion"] for r in labelled],
+            ref_model=ref_model,
+            batch_size=batch_size,
+            max_length=max_length,
+            progress=progress,
+        )
+        good = torch.tensor([bool(r["label"]) for r in labelled])
+        rewards = scores.implicit_reward if scores.reference is not None else scores.policy.mean
+        metrics["n_labelled"] = float(len(labelled))
+        metrics["label_auc"] = pairwise_auc(rewards[good], rewards[~good])
+        metrics["good_reward"] = rewards[good].mean().item() if good.any() else float("nan")
+        metrics["bad_reward"] = rewards[~good].mean().item() if (~good).any() else float("nan")
+
+    if prompts:
+        gen_kwargs = dict(
+            max_new_tokens=max_new_tokens, batch_size=batch_size, num_return_sequences=num_samples, progress=progress
+        )
+        policy_gen = generate(model, tokenizer, prompts, seed=seed, **gen_kwargs)
+        lengths = completion_lengths(policy_gen, length_unit)
+        dists["length_after"] = [float(x) for x in lengths]
+        metrics.update({f"length_{k}": v for k, v in describe(lengths).items()})
+        metrics["finished_fraction"] = sum(policy_gen.finished) / max(len(policy_gen.finished), 1)
+        ref_gen = None
+        if ref_available:
+            kl = kl_to_reference(
+                model, policy_gen, ref_model=ref_model, pad_token_id=pad_token_id(tokenizer), batch_size=batch_size, progress=progress
+            )  # fmt: skip
+            metrics["kl_per_token"] = kl.per_token
+            metrics["kl_per_sequence"] = kl.per_sequence
+            with reference_model(model, ref_model) as ref:
+                ref_gen = generate(ref, tokenizer, prompts, seed=seed + 1, **gen_kwargs)
+            ref_lengths = completion_lengths(ref_gen, length_unit)
+            dists["length_before"] = [float(x) for x in ref_lengths]
+            metrics.update({f"reference_length_{k}": v for k, v in describe(ref_lengths).items()})
+        if score_fn is not None:
+            policy_scores = torch.tensor(list(score_fn(policy_gen.prompts, policy_gen.completions)), dtype=torch.float)
+            metrics["score_mean"] = policy_scores.mean().item()
+            dists["score_after"] = policy_scores.tolist()
+            if ref_gen is not None:
+                ref_scores = torch.tensor(list(score_fn(ref_gen.prompts, ref_gen.completions)), dtype=torch.float)
+                metrics["reference_score_mean"] = ref_scores.mean().item()
+                metrics["win_rate"] = win_rate(policy_scores, ref_scores)
+                dists["score_before"] = ref_scores.tolist()
+        for i in range(min(8, len(policy_gen.completions))):
+            row = {"prompt": policy_gen.prompts[i], "policy": policy_gen.completions[i]}
+            if ref_gen is not None:
+                row["reference"] = ref_gen.completions[i]
+            samples.append(row)
+    return {"metrics": metrics, "distributions": dists, "samples": samples}
