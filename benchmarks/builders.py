@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# shape -> the method DESIGN.md pairs it with
+# shape -> the method README.md pairs it with
 NATURAL = {
     "pairwise_ab": "reward",
     "pairs": "dpo",

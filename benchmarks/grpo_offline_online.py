@@ -128,7 +128,7 @@ def run_online(args, model_path, rows, reward_model, reward_tokenizer) -> dict:
     from trl_ext.ranked_grpo import RewardModelScorer
 
     config = RankedGRPOConfig(
-        per_device_train_batch_size=args.groups * GROUP_SIZE, num_generations=GROUP_SIZE,
+        mode="online", per_device_train_batch_size=args.groups * GROUP_SIZE, num_generations=GROUP_SIZE,
         max_completion_length=args.max_completion_length, temperature=1.0, **common_args(args, "online"),
     )  # fmt: skip
     timer = step_timer()

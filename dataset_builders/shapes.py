@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from .errors import DataError, short
 from .readers import Source
 
-# The six input shapes (DESIGN.md), in the order the docs list them.
+# The six input shapes, in the order README.md and docs/data.md list them.
 SHAPES = ("pairwise_ab", "pairs", "pairs_with_lengths", "binary", "pairs_sft_target", "ranked")
 # Public formats we import: Anthropic HH-RLHF transcripts -> pairs; UltraFeedback-style scored lists -> ranked.
 IMPORT_FORMATS = ("hh_rlhf", "ultrafeedback")

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning (step 0 of RLHF) with TRL's `SFTTrainer`; the loss is on the completion only.
+"""Supervised fine-tuning (step 1 of RLHF, as InstructGPT numbers them) with TRL's `SFTTrainer`; the loss is on the completion only.
 
 Data: prompt/completion rows (or chat messages), or any shape `dataset_builders` can turn into SFT targets
 (e.g. the chosen answers of `pairs`).

@@ -14,7 +14,7 @@ from trl_ext.testing.synthetic import ToyTask
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / "recipes"
 
-# method -> the input shape its tests feed through dataset_builders (the shapes DESIGN.md pairs with each method)
+# method -> the input shape its tests feed through dataset_builders (the shape README.md pairs with each method)
 SHAPE = {"sft": "sft", "reward": "pairwise_ab", "dpo": "pairs", "kto": "binary", "orpo": "pairs_sft_target"}
 
 

@@ -124,7 +124,7 @@ def test_ranked_pairs_keep_file_order_with_mixed_group_sizes():
 
 
 def test_ranking_format_order_is_the_inverse_permutation():
-    # DESIGN.md: read as an order (best to worst), [1, 4, 2, 3] means ranks [1, 3, 4, 2]
+    # docs/data.md: read as an order (best to worst), [1, 4, 2, 3] means ranks [1, 3, 4, 2]
     rows = [{"prompt": "P", "responses": ["r1", "r2", "r3", "r4"], "ranking": [1, 4, 2, 3]}]
     assert load(rows)["ranking"] == [[1, 4, 2, 3]]  # the default reading: ranks, never guessed
     assert load(rows, ranking_format="order")["ranking"] == [[1, 3, 4, 2]]

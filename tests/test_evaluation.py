@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from trl_ext import eval_report
+from trl_ext import eval_report, model_card
 from trl_ext import evaluation as ev
 from trl_ext.tokenization import encode_completion
 
@@ -317,5 +317,5 @@ def test_update_model_card_appends_once_and_copies_figures(tmp_path):
     eval_report.update_model_card(card, {"preference_accuracy": 0.8}, files["figures"])  # replaces, not appends
     text = card.read_text()
     assert text.startswith("---\nbase_model: x\n---\n\n# my model\n")
-    assert text.count(eval_report.CARD_BEGIN) == 1 and "| preference_accuracy | 0.8 |" in text
+    assert text.count(model_card.CARD_BEGIN) == 1 and "| preference_accuracy | 0.8 |" in text
     assert "![length](eval/length.png)" in text and (tmp_path / "model" / "eval" / "length.png").exists()

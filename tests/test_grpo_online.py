@@ -253,3 +253,22 @@ def test_online_grpo_learns_from_a_reward_model_learned_from_rankings(sft_model,
     # measured: quality 0.60 -> 0.85, tau 0 -> 0.56 (the adapter starts at zero: every implicit reward is 0)
     assert after > before + 0.15
     assert tau > 0.3
+
+
+def test_reward_config_inherits_the_runs_settings_but_not_its_schedule(tmp_path):
+    from trl_ext import RankedGRPOConfig
+    from trl_ext.ranked_grpo import RankedRewardArguments, reward_config
+
+    run = RankedGRPOConfig(str(tmp_path / "grpo"), mode="online", num_generations=4, per_device_train_batch_size=4,
+                           gradient_accumulation_steps=3, optim="adamw_torch", lr_scheduler_type="cosine",
+                           warmup_steps=7, max_steps=50, learning_rate=5e-6, logging_steps=3, **{**CPU, "seed": 11})  # fmt: skip
+    reward = RankedRewardArguments(reward_learning_rate=2e-4, reward_num_train_epochs=2, reward_max_length=64)
+    rm = reward_config(run, reward, str(tmp_path / "rm"))
+    # the run's own settings carry over ...
+    assert (rm.gradient_accumulation_steps, rm.optim, rm.lr_scheduler_type, rm.warmup_steps, rm.seed) == (
+        3, run.optim, run.lr_scheduler_type, 7, 11,
+    )  # fmt: skip
+    assert (rm.use_cpu, rm.bf16, rm.gradient_checkpointing, rm.logging_steps) == (True, False, False, 3)
+    # ... but not where and how long it trains, nor what it saves
+    assert (rm.output_dir, rm.learning_rate, rm.num_train_epochs, rm.max_steps) == (str(tmp_path / "rm"), 2e-4, 2, -1)
+    assert (rm.per_device_train_batch_size, rm.max_length, rm.save_strategy) == (4, 64, "no")

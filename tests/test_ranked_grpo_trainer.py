@@ -42,9 +42,15 @@ def test_offline_config_skips_the_generation_checks_and_online_config_keeps_them
     # online: the same class is a GRPOConfig with all of its checks
     assert issubclass(RankedGRPOConfig, GRPOConfig)
     with pytest.raises(ValueError, match="divisible by num_generations"):
-        RankedGRPOConfig(str(tmp_path), per_device_train_batch_size=3, num_generations=4, use_cpu=True)
-    online = RankedGRPOConfig(str(tmp_path), per_device_train_batch_size=4, num_generations=4, use_cpu=True)
+        RankedGRPOConfig(str(tmp_path), mode="online", per_device_train_batch_size=3, num_generations=4, use_cpu=True)
+    online = RankedGRPOConfig(str(tmp_path), mode="online", per_device_train_batch_size=4, num_generations=4,
+                              use_cpu=True)  # fmt: skip
     assert online.generation_batch_size == 4
+    # the mode alone decides: num_generations offline, or online without it, is an error that says so
+    with pytest.raises(ValueError, match="num_generations is for mode online"):
+        RankedGRPOConfig(str(tmp_path), num_generations=4, use_cpu=True)
+    with pytest.raises(ValueError, match="set num_generations"):
+        RankedGRPOConfig(str(tmp_path), mode="online", use_cpu=True)
 
 
 @pytest.mark.parametrize(
@@ -345,7 +351,7 @@ def test_grpo_token_loss_reproduces_trls_grpo_trainer(tiny, tmp_path, loss_type)
     from trl_ext.ranked_grpo import aggregate_token_loss, grpo_token_loss
 
     model, tokenizer = tiny
-    args = RankedGRPOConfig(str(tmp_path), num_generations=2, per_device_train_batch_size=4, max_completion_length=6,
+    args = RankedGRPOConfig(str(tmp_path), mode="online", num_generations=2, per_device_train_batch_size=4, max_completion_length=6,
                             beta=0.04, epsilon=0.2, epsilon_high=0.28, loss_type=loss_type, **CPU)  # fmt: skip
     trainer = GRPOTrainer(model, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)], args=args,
                           train_dataset=Dataset.from_list([{"prompt": "p"}] * 4), processing_class=tokenizer)  # fmt: skip

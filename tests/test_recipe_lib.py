@@ -9,7 +9,7 @@ from _recipe_utils import load_recipe
 from transformers import TrainerControl, TrainerState
 from trl import DPOConfig
 
-from trl_ext import models, recipe
+from trl_ext import model_card, models, recipe
 from trl_ext.testing.synthetic import ToyTask
 from trl_ext.testing.tiny import TINY_MODEL_ID
 
@@ -218,5 +218,5 @@ def test_model_card_has_what_the_issue_asks_for(tmp_path):
 
 
 def test_every_method_of_the_project_has_a_paper():
-    assert set(recipe.METHODS) == {"sft", "reward", "ppo", "dpo", "ipo", "kto", "orpo", "grpo"}
-    assert all("arxiv.org/abs/" in paper for _, paper in recipe.METHODS.values())
+    assert set(model_card.METHODS) == {"sft", "reward", "ppo", "dpo", "ipo", "kto", "orpo", "grpo"}
+    assert all("arxiv.org/abs/" in paper for _, paper in model_card.METHODS.values())

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 import torch
-from _recipe_utils import REPO_ROOT, ParamSnapshot, StopAtStep, load_recipe, tiny_args, write_data
+from _recipe_utils import RECIPES, REPO_ROOT, ParamSnapshot, StopAtStep, load_recipe, tiny_args, write_data
 from safetensors.torch import load_file
 
 from trl_ext import recipe
@@ -22,7 +22,7 @@ from trl_ext.models import resolve_model_name
 from trl_ext.testing.synthetic import ToyTask
 from trl_ext.testing.tiny import TINY_MODEL_ID
 
-# Every test here trains the tiny model: the "tiny-model training" tier (`make test-slow`), as STYLE.md lays out.
+# Every test here trains the tiny model: the "tiny-model training" tier (`make test-slow`).
 pytestmark = pytest.mark.slow
 
 METHODS = ["sft", "reward", "dpo", "kto", "orpo"]
@@ -139,6 +139,44 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     for k in full:
         torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=0)
     assert any(not torch.equal(halfway[k], full[k]) for k in full)  # the resumed run did train steps 5-8
+
+
+@pytest.mark.parametrize(
+    ("recipe_name", "config", "steps"),
+    [
+        ("ppo", "tiny-cpu", 8),  # 4 optimizer steps per rollout: killed after the first rollout
+        ("grpo", "tiny-cpu", 8),  # offline: RankedGRPOTrainer
+        ("grpo", "tiny-cpu-online", 4),  # online: the reward model saved by the killed run is reused on resume
+    ],
+)
+def test_our_trainers_resume_to_the_same_weights(tmp_path, monkeypatch, recipe_name, config, steps):
+    module = load_recipe(recipe_name)
+    half = steps // 2
+    flags = ["--max_steps", str(steps), "--save_strategy", "steps", "--save_steps", str(half), "--logging_steps", "1"]
+
+    data = RECIPES / "data" / ("prompts.jsonl" if recipe_name == "ppo" else "ranked.jsonl")
+
+    def args(out, *extra):
+        return ["--config", str(RECIPES / "configs" / recipe_name / f"{config}.yaml"), "--output_dir", str(out),
+                "--dataset_path", str(data), *flags, *extra]  # fmt: skip
+
+    module.main(args(tmp_path / "full"))
+    default = recipe.callbacks
+    monkeypatch.setattr(recipe, "callbacks", lambda: [*default(), StopAtStep(half)])
+    with pytest.raises(StopAtStep.Killed):
+        module.main(args(tmp_path / "killed"))
+    assert not (tmp_path / "killed" / "adapter_model.safetensors").exists()
+    monkeypatch.setattr(recipe, "callbacks", default)
+    module.main(args(tmp_path / "killed", "--resume_from_checkpoint", "true"))
+
+    files = ["adapter_model.safetensors"] + (["value_head.safetensors"] if recipe_name == "ppo" else [])
+    for name in files:
+        full, resumed = load_file(tmp_path / "full" / name), load_file(tmp_path / "killed" / name)
+        halfway = load_file(tmp_path / "killed" / f"checkpoint-{half}" / name)
+        assert full.keys() == resumed.keys()
+        for k in full:
+            torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=0)
+        assert any(not torch.equal(halfway[k], full[k]) for k in full), name  # the resumed run trained on
 
 
 def test_diverging_run_stops_with_a_clear_error_and_saves_nothing(tmp_path):

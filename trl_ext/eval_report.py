@@ -12,20 +12,16 @@ Example:
     >>> from trl_ext import evaluation, eval_report
     >>> report = evaluation.evaluate_policy(model, tokenizer, pairs=pairs, prompts=prompts)
     >>> files = eval_report.write_report(report, "eval-out")
-    >>> eval_report.update_model_card("my-adapter/README.md", report["metrics"], files["figures"], relative_to="my-adapter")
+    >>> eval_report.update_model_card("my-adapter/README.md", report["metrics"], files["figures"])
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-CARD_BEGIN = "<!-- trl-ext evaluation: begin -->"
-CARD_END = "<!-- trl-ext evaluation: end -->"
 
 # metric name -> what it means (rows of the Markdown table, in this order; unknown metrics follow, sorted)
 DESCRIPTIONS: dict[str, str] = {
@@ -172,18 +168,6 @@ def _cell(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def card_section(metrics: Mapping[str, Any], figures: Mapping[str, str | Path], *, relative_to: str | Path | None = None, title: str = "Evaluation") -> str:  # fmt: skip
-    """The model-card section: the metrics table and the figures (paths relative to the card's folder)."""
-    lines = [CARD_BEGIN, f"## {title}", "", markdown_table(metrics), ""]
-    for name, path in figures.items():
-        p = Path(path)
-        if relative_to is not None:
-            p = Path(os.path.relpath(p.resolve(), Path(relative_to).resolve()))
-        lines += [f"![{name}]({p.as_posix()})", ""]
-    lines.append(CARD_END)
-    return "\n".join(lines)
-
-
 def update_model_card(
     card_path: str | Path,
     metrics: Mapping[str, Any],
@@ -192,34 +176,8 @@ def update_model_card(
     copy_figures: bool = True,
     title: str = "Evaluation",
 ) -> Path:
-    """Append (or replace) the evaluation section of the model card `card_path` (README.md; created if missing).
+    """Put the metrics table and figures into the model card at `card_path` (`trl_ext.model_card.add_evaluation`:
+    appended once, replaced on later runs; figures copied next to the card)."""
+    from trl_ext.model_card import add_evaluation
 
-    With `copy_figures` the PNGs are copied next to the card (into ``eval/``) so they travel with it to the Hub.
-    Running it again replaces the previous section instead of adding a second one.
-    """
-    import shutil
-
-    card_path = Path(card_path)
-    folder = card_path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    placed: dict[str, Path] = {}
-    for name, path in figures.items():
-        src = Path(path)
-        if copy_figures:
-            target = folder / "eval" / src.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if src.resolve() != target.resolve():
-                shutil.copyfile(src, target)
-            placed[name] = target
-        else:
-            placed[name] = src
-    section = card_section(metrics, placed, relative_to=folder, title=title)
-    text = card_path.read_text() if card_path.exists() else ""
-    if CARD_BEGIN in text and CARD_END in text:
-        head, rest = text.split(CARD_BEGIN, 1)
-        tail = rest.split(CARD_END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
-    card_path.write_text(text)
-    return card_path
+    return add_evaluation(card_path, markdown_table(metrics), figures, copy_figures=copy_figures, title=title)

@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shlex
 import sys
 from collections.abc import Iterable, Sequence
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from trl_ext import models
+from trl_ext.model_card import ModelCard, render
 
 if TYPE_CHECKING:
     import datasets
@@ -55,18 +55,6 @@ if TYPE_CHECKING:
     from trl import ModelConfig, TrlParser
 
 logger = logging.getLogger(__name__)
-
-# method -> (what it is, its paper). Used by the model card; IPO/GRPO/PPO recipes use the same table.
-METHODS: dict[str, tuple[str, str]] = {
-    "sft": ("Supervised fine-tuning", "Ouyang et al. 2022, Training language models to follow instructions with human feedback, https://arxiv.org/abs/2203.02155"),
-    "reward": ("Reward model (Bradley-Terry, step 2 of RLHF)", "Ouyang et al. 2022, Training language models to follow instructions with human feedback, https://arxiv.org/abs/2203.02155"),
-    "dpo": ("Direct Preference Optimization", "Rafailov et al. 2023, Direct Preference Optimization: Your Language Model is Secretly a Reward Model, https://arxiv.org/abs/2305.18290"),
-    "ipo": ("Identity Preference Optimization", "Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from Human Preferences, https://arxiv.org/abs/2310.12036"),
-    "kto": ("Kahneman-Tversky Optimization", "Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization, https://arxiv.org/abs/2402.01306"),
-    "orpo": ("Odds Ratio Preference Optimization", "Hong et al. 2024, ORPO: Monolithic Preference Optimization without Reference Model, https://arxiv.org/abs/2403.07691"),
-    "grpo": ("Group Relative Policy Optimization", "Shao et al. 2024, DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models, https://arxiv.org/abs/2402.03300"),
-    "ppo": ("Proximal Policy Optimization (RLHF)", "Schulman et al. 2017, Proximal Policy Optimization Algorithms, https://arxiv.org/abs/1707.06347; Ouyang et al. 2022, https://arxiv.org/abs/2203.02155"),
-}  # fmt: skip
 
 # Training-argument fields the card reports when the config has them (None-valued ones are left out).
 CARD_HYPERPARAMETERS = (
@@ -406,17 +394,6 @@ def push_to_hub(folder: str | Path, *, repo_id: str, private: bool | None = None
     return str(getattr(commit, "commit_url", commit))
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape a run (for the model card)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("trl-ext", "trl", "transformers", "peft", "torch", "accelerate", "datasets", "bitsandbytes"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[name] = version(name)
-    return out
-
-
 def model_card(
     *,
     method: str,
@@ -428,16 +405,7 @@ def model_card(
     is_adapter: bool,
     world_size: int = 1,
 ) -> str:
-    """The README.md written next to the weights: base model, method and paper, data and row counts, key
-    hyperparameters, final metrics, the command that produced it, and library versions."""
-    name, paper = METHODS.get(method, (method, "n/a"))
-    base = model_args.model_name_or_path
-    dataset = recipe_args.dataset_path or "n/a"
-    if model_args.load_in_4bit:
-        nested = " + double quantization" if model_args.use_bnb_nested_quant else ""
-        quant = f"4-bit {model_args.bnb_4bit_quant_type.upper()}{nested}, compute in {model_args.dtype}"
-    else:
-        quant = "8-bit" if model_args.load_in_8bit else str(model_args.dtype)
+    """The README.md written next to the weights (`trl_ext.model_card.render`), from a recipe's arguments."""
     hyper = {k: getattr(training_args, k) for k in CARD_HYPERPARAMETERS if getattr(training_args, k, None) is not None}
     hyper["effective_batch_size"] = (
         training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world_size
@@ -450,61 +418,29 @@ def model_card(
             lora_dropout=model_args.lora_dropout,
             lora_target_modules=model_args.lora_target_modules or "all-linear",
         )
-    front = {
-        "base_model": base,
-        "library_name": "peft" if is_adapter else "transformers",
-        "tags": ["trl", "trl-ext", method] + (["lora"] if model_args.use_peft else []),
-    }
-    if recipe_args.dataset_path and not os.path.exists(recipe_args.dataset_path):
-        front["datasets"] = [recipe_args.dataset_path]  # a Hub dataset id
-    lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in front.items()), "---", ""]
-    what = "LoRA adapter" if is_adapter else ("merged model" if model_args.use_peft else "model")
-    lines += [
-        f"# {Path(training_args.output_dir).name}",
-        "",
-        f"A {what} trained from [{base}](https://huggingface.co/{base}) with **{name}** ({method}) using "
-        "trl-ext on top of [TRL](https://github.com/huggingface/trl).",
-        "",
-        f"- Method: {name}. Paper: {paper}",
-        f"- Base model: `{base}` ({quant})" + (", trained through a LoRA adapter" if model_args.use_peft else ""),
-        f"- Data: `{dataset}`" + (f" (shape `{recipe_args.dataset_shape}`)" if recipe_args.dataset_shape else ""),
-        *(
-            f"  - `{r['source']}`: shape `{r['shape']}`, {r['rows_in']} rows read, {r['dropped']} dropped as invalid, "
-            f"{r['rows_out']} rows for {r['method']}"
-            + (f" (left out by the mapping: {r['skipped']})" if r.get("skipped") else "")
-            for r in recipe_args.data_reports
-        ),
-        f"- Rows: {row_counts.get('train')} for training"
-        + (f", {row_counts['eval']} for evaluation" if row_counts.get("eval") is not None else ", no evaluation set")
-        + (f" (from `{recipe_args.eval_dataset_path}`)" if recipe_args.eval_dataset_path else ""),
-        "",
-        "## Hyperparameters",
-        "",
-        "| name | value |",
-        "|---|---|",
-        *(f"| {k} | {v} |" for k, v in hyper.items()),
-        "",
-        "## Final metrics",
-        "",
-    ]
-    if metrics:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [
-            f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())
-        ]
+    if model_args.load_in_4bit:
+        nested = " + double quantization" if model_args.use_bnb_nested_quant else ""
+        quantization = f"4-bit {model_args.bnb_4bit_quant_type.upper()}{nested}, compute in {model_args.dtype}"
     else:
-        lines.append("(none recorded)")
-    lines += [
-        "",
-        "## Command",
-        "",
-        "```bash",
-        recipe_args.command or "(not recorded)",
-        "```",
-        "",
-        "## Library versions",
-        "",
-        *(f"- {k}: {v}" for k, v in library_versions().items()),
-        "",
-    ]
-    return "\n".join(lines)
+        quantization = "8-bit" if model_args.load_in_8bit else str(model_args.dtype)
+    dataset = recipe_args.dataset_path
+    return render(
+        ModelCard(
+            name=Path(training_args.output_dir).name,
+            method=method,
+            base_model=model_args.model_name_or_path,
+            quantization=quantization,
+            lora=bool(model_args.use_peft),
+            is_adapter=is_adapter,
+            dataset=dataset,
+            dataset_shape=recipe_args.dataset_shape,
+            hub_dataset=bool(dataset) and not os.path.exists(dataset),
+            data_reports=list(recipe_args.data_reports),
+            train_rows=row_counts.get("train"),
+            eval_rows=row_counts.get("eval"),
+            eval_source=recipe_args.eval_dataset_path,
+            hyperparameters=hyper,
+            metrics=metrics,
+            command=recipe_args.command,
+        )
+    )

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from trl import RewardTrainer
 from trl.trainer.utils import pad
 
-from trl_ext.tokenization import encode_sequence
+from trl_ext.tokenization import encode_sequence, pad_token_id
 
 from .ranked_grpo_loss import group_kendall_tau, group_sum, plackett_luce_loss
 
@@ -47,10 +47,10 @@ class PlackettLuceRewardTrainer(RewardTrainer):
 
     def __init__(self, *args, data_collator=None, **kwargs):
         tokenizer = kwargs.get("processing_class")
-        pad_token_id = None
-        if tokenizer is not None:
-            pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        super().__init__(*args, data_collator=data_collator or DataCollatorForRankedRewards(pad_token_id), **kwargs)
+        collator = data_collator or DataCollatorForRankedRewards(
+            pad_token_id(tokenizer) if tokenizer is not None else 0
+        )
+        super().__init__(*args, data_collator=collator, **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if "responses_ids" in dataset.column_names:

@@ -10,6 +10,7 @@ from trl import GRPOConfig
 from .ranked_grpo_loss import LOSS_AGGREGATIONS, RANK_REWARDS, SCALE_REWARDS
 
 OFFLINE_LOSS_TYPES: tuple[str, ...] = (*LOSS_AGGREGATIONS, "plackett_luce")
+MODES: tuple[str, ...] = ("offline", "online")
 RATIO_AGAINST: tuple[str, ...] = ("old", "reference")
 
 
@@ -49,9 +50,12 @@ class RankedGRPOConfig(GRPOConfig):
             KL coefficient (DeepSeekMath's 0.04; TRL's GRPO default is 0). Offline, responses are not sampled from
             the policy, so the KL to the reference is what keeps the policy near the data it learns from; for
             `plackett_luce` it is DPO's beta and must be positive.
+        mode (`str`, *optional*, defaults to `"offline"`):
+            `"offline"`: this config trains `RankedGRPOTrainer` on the ranked responses. `"online"`: it goes to
+            `trl.GRPOTrainer` (every `GRPOConfig` check runs; `num_generations` is required).
         num_generations (`int` or `None`, *optional*, defaults to `None`):
-            Online only: completions sampled per prompt by `trl.GRPOTrainer`. Leave unset offline, where the group
-            is the row's responses; setting it runs all of `GRPOConfig`'s generation checks.
+            Online only: completions sampled per prompt by `trl.GRPOTrainer`. Offline (where the group is the row's
+            responses) setting it is an error.
 
     Example:
         >>> from trl_ext import RankedGRPOConfig
@@ -94,6 +98,13 @@ class RankedGRPOConfig(GRPOConfig):
             "fixed responses' support; for `plackett_luce` it is DPO's beta (> 0)."
         },
     )
+    mode: str = field(
+        default="offline",
+        metadata={
+            "help": "`offline` (RankedGRPOTrainer on the ranked responses) or `online` (trl.GRPOTrainer samples "
+            "num_generations completions per prompt, rewarded by a reward model learned from the rankings)."
+        },
+    )
     num_generations: int | None = field(
         default=None,
         metadata={
@@ -103,10 +114,23 @@ class RankedGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
-        if self.num_generations is not None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "online":
+            if self.num_generations is None:
+                raise ValueError("mode online samples num_generations completions per prompt: set num_generations")
+            if self.loss_type == "plackett_luce":
+                raise ValueError(
+                    "loss_type plackett_luce is offline only; online, use TRL's (dapo, grpo, dr_grpo, ...)"
+                )
             # Online: the config goes to trl.GRPOTrainer, so run every check GRPOConfig makes.
             super().__post_init__()
         else:
+            if self.num_generations is not None:
+                raise ValueError(
+                    "num_generations is for mode online (completions sampled per prompt); offline, each group is "
+                    "the row's ranked responses: leave it unset, or set mode: online"
+                )
             # Offline: skip GRPOConfig's generation-batch checks (they need num_generations), keep the rest.
             # Relies on GRPOConfig's parent running the TrainingArguments/TRL checks (TRL 1.16; tested).
             super(GRPOConfig, self).__post_init__()

@@ -1,0 +1,175 @@
+"""The model card: the one writer of README.md cards, fed plain values.
+
+`render(ModelCard(...))` writes the card a recipe leaves next to the weights (base model, method and paper, data and
+row counts, hyperparameters, final metrics, the command, library versions); `add_evaluation` puts (or replaces) the
+evaluation section that `recipes/evaluate.py` measures. `trl_ext.recipe.model_card` fills a `ModelCard` from a
+recipe's arguments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# method -> (what it is, its paper). Used by the model card; IPO/GRPO/PPO recipes use the same table.
+METHODS: dict[str, tuple[str, str]] = {
+    "sft": ("Supervised fine-tuning (step 1 of RLHF)", "Ouyang et al. 2022, Training language models to follow instructions with human feedback, https://arxiv.org/abs/2203.02155"),
+    "reward": ("Reward model (Bradley-Terry, step 2 of RLHF)", "Ouyang et al. 2022, Training language models to follow instructions with human feedback, https://arxiv.org/abs/2203.02155"),
+    "dpo": ("Direct Preference Optimization", "Rafailov et al. 2023, Direct Preference Optimization: Your Language Model is Secretly a Reward Model, https://arxiv.org/abs/2305.18290"),
+    "ipo": ("Identity Preference Optimization", "Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from Human Preferences, https://arxiv.org/abs/2310.12036"),
+    "kto": ("Kahneman-Tversky Optimization", "Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization, https://arxiv.org/abs/2402.01306"),
+    "orpo": ("Odds Ratio Preference Optimization", "Hong et al. 2024, ORPO: Monolithic Preference Optimization without Reference Model, https://arxiv.org/abs/2403.07691"),
+    "grpo": ("Group Relative Policy Optimization", "Shao et al. 2024, DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models, https://arxiv.org/abs/2402.03300"),
+    "ppo": ("Proximal Policy Optimization (RLHF)", "Schulman et al. 2017, Proximal Policy Optimization Algorithms, https://arxiv.org/abs/1707.06347; Ouyang et al. 2022, https://arxiv.org/abs/2203.02155"),
+}  # fmt: skip
+
+CARD_BEGIN = "<!-- trl-ext evaluation: begin -->"
+CARD_END = "<!-- trl-ext evaluation: end -->"
+
+
+@dataclass
+class ModelCard:
+    """What a card says, as plain values."""
+
+    name: str
+    method: str
+    base_model: str
+    quantization: str  # e.g. "4-bit NF4 + double quantization, compute in bfloat16", or the dtype
+    lora: bool
+    is_adapter: bool  # the folder holds a LoRA adapter (else a full or merged model)
+    dataset: str | None = None
+    dataset_shape: str | None = None
+    hub_dataset: bool = False  # `dataset` is a Hub id (the Hub then links it)
+    data_reports: list[dict[str, Any]] = field(default_factory=list)  # `dataset_builders.LoadReport.to_dict()`
+    train_rows: int | None = None
+    eval_rows: int | None = None
+    eval_source: str | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+    versions: dict[str, str] | None = None  # default: `library_versions()`
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a run."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("trl-ext", "trl", "transformers", "peft", "torch", "accelerate", "datasets", "bitsandbytes"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out
+
+
+def render(card: ModelCard) -> str:
+    """The card as Markdown with the Hub's YAML front matter."""
+    title, paper = METHODS.get(card.method, (card.method, "n/a"))
+    base = card.base_model
+    front: dict[str, Any] = {
+        "base_model": base,
+        "library_name": "peft" if card.is_adapter else "transformers",
+        "tags": ["trl", "trl-ext", card.method] + (["lora"] if card.lora else []),
+    }
+    if card.dataset and card.hub_dataset:
+        front["datasets"] = [card.dataset]
+    what = "LoRA adapter" if card.is_adapter else ("merged model" if card.lora else "model")
+    rows = f"- Rows: {card.train_rows} for training" + (
+        f", {card.eval_rows} for evaluation" if card.eval_rows is not None else ", no evaluation set"
+    )
+    lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in front.items()), "---", ""]
+    lines += [
+        f"# {card.name}",
+        "",
+        f"A {what} trained from [{base}](https://huggingface.co/{base}) with **{title}** ({card.method}) using "
+        "trl-ext on top of [TRL](https://github.com/huggingface/trl).",
+        "",
+        f"- Method: {title}. Paper: {paper}",
+        f"- Base model: `{base}` ({card.quantization})" + (", trained through a LoRA adapter" if card.lora else ""),
+        f"- Data: `{card.dataset or 'n/a'}`" + (f" (shape `{card.dataset_shape}`)" if card.dataset_shape else ""),
+        *(
+            f"  - `{r['source']}`: shape `{r['shape']}`, {r['rows_in']} rows read, {r['dropped']} dropped as invalid, "
+            f"{r['rows_out']} rows for {r['method']}"
+            + (f" (left out by the mapping: {r['skipped']})" if r.get("skipped") else "")
+            for r in card.data_reports
+        ),
+        rows + (f" (from `{card.eval_source}`)" if card.eval_source else ""),
+        "",
+        "## Hyperparameters",
+        "",
+        "| name | value |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in card.hyperparameters.items()),
+        "",
+        "## Final metrics",
+        "",
+    ]
+    if card.metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [
+            f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(card.metrics.items())
+        ]
+    else:
+        lines.append("(none recorded)")
+    versions = card.versions if card.versions is not None else library_versions()
+    lines += ["", "## Command", "", "```bash", card.command or "(not recorded)", "```", "", "## Library versions", ""]
+    lines += [*(f"- {k}: {v}" for k, v in versions.items()), ""]
+    return "\n".join(lines)
+
+
+def evaluation_section(
+    table: str, figures: Mapping[str, str | Path], *, relative_to: str | Path | None = None, title: str = "Evaluation"
+) -> str:
+    """The card's evaluation section: a metrics table (Markdown) and the figures, paths relative to the card."""
+    lines = [CARD_BEGIN, f"## {title}", "", table, ""]
+    for name, path in figures.items():
+        p = Path(path)
+        if relative_to is not None:
+            p = Path(os.path.relpath(p.resolve(), Path(relative_to).resolve()))
+        lines += [f"![{name}]({p.as_posix()})", ""]
+    lines.append(CARD_END)
+    return "\n".join(lines)
+
+
+def add_evaluation(
+    card_path: str | Path,
+    table: str,
+    figures: Mapping[str, str | Path],
+    *,
+    copy_figures: bool = True,
+    title: str = "Evaluation",
+) -> Path:
+    """Append (or replace) the evaluation section of the card at `card_path` (README.md; created if missing).
+
+    With `copy_figures` the PNGs are copied next to the card (into ``eval/``) so they travel with it to the Hub.
+    Running it again replaces the previous section instead of adding a second one.
+    """
+    card_path = Path(card_path)
+    folder = card_path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    placed: dict[str, Path] = {}
+    for name, path in figures.items():
+        src = Path(path)
+        if copy_figures:
+            target = folder / "eval" / src.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if src.resolve() != target.resolve():
+                shutil.copyfile(src, target)
+            placed[name] = target
+        else:
+            placed[name] = src
+    section = evaluation_section(table, placed, relative_to=folder, title=title)
+    text = card_path.read_text() if card_path.exists() else ""
+    if CARD_BEGIN in text and CARD_END in text:
+        head, rest = text.split(CARD_BEGIN, 1)
+        text = head + section + rest.split(CARD_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
+    card_path.write_text(text)
+    return card_path
