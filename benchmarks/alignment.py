@@ -38,7 +38,6 @@ own process's (it includes the Python/torch runtime, the same for all; the runti
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import multiprocessing
@@ -211,10 +210,7 @@ def load_recipe(name: str):
     module_name = f"recipes_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
-    path = RECIPES / f"{name}.py"
-    if not path.exists():
-        raise FileNotFoundError(f"recipes/{name}.py does not exist (yet)")
-    spec = importlib.util.spec_from_file_location(module_name, path)
+    spec = importlib.util.spec_from_file_location(module_name, RECIPES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
@@ -226,13 +222,11 @@ def load_recipe(name: str):
 
 
 def recipe_status(method: Method) -> str | None:
-    """None if the method can run here, else why not (its recipe has not landed, or does not import)."""
+    """None if the method can run here, else why not (its recipe does not import)."""
     names = [method.recipe] + (["reward"] if method.reward_model else [])
     for name in names:
         try:
             module = load_recipe(name)
-        except FileNotFoundError as e:
-            return f"not landed: {e}"
         except Exception as e:  # noqa: BLE001 - report any import failure as the reason
             return f"recipes/{name}.py does not import: {type(e).__name__}: {e}"
         if not hasattr(module, "main"):
@@ -577,14 +571,29 @@ def summarize(
             d = per_seed["delta_score"]
             entry["clear_gain"] = bool(d) and len(d) == len(seeds) and min(d) > 0 and sum(d) / len(d) >= CLEAR_MARGIN
             summary["methods"][f"{m.name}/{variant}"] = entry
-    # Length cut of the length-aware IPO variants relative to TRL's IPO, on the confounded data.
-    if "length" in variants:
-        base = summary["methods"].get("ipo/length", {}).get("stats", {}).get("delta_length", {}).get("mean")
-        for name in ("ipo_len_auto", "ipo_len_ld"):
-            entry = summary["methods"].get(f"{name}/length")
-            if entry and "stats" in entry and base is not None and base > 0:
-                entry["length_cut_vs_ipo"] = 1 - entry["stats"]["delta_length"]["mean"] / base
+    # What the length confound adds: Δ length on the confounded data minus Δ length on the clean data, per method.
+    for name in {m.name for m in methods}:
+        clean = summary["methods"].get(f"{name}/clean", {}).get("stats", {}).get("delta_length", {})
+        confounded_entry = summary["methods"].get(f"{name}/length", {})
+        confounded = confounded_entry.get("stats", {}).get("delta_length", {})
+        if clean.get("n") and confounded.get("n"):
+            confounded_entry["extra_length_from_confound"] = confounded["mean"] - clean["mean"]
     return summary
+
+
+def _ipo_family_line(summary: dict) -> list[str]:
+    """One line of figures: what the confound does to TRL's IPO and to the length-aware variants (no verdict)."""
+    parts = []
+    for name in ("ipo", "ipo_len_auto", "ipo_len_ld"):
+        e = summary["methods"].get(f"{name}/length", {})
+        if "stats" not in e or e.get("extra_length_from_confound") is None:
+            continue
+        s = e["stats"]
+        parts.append(
+            f"`{name}` extra length {e['extra_length_from_confound']:+.1f} tokens, Δ score {_pm(s['delta_score'])}, "
+            f"finished {_mean(s['finished'], 2)}, well-formed {_mean(s['well_formed'], 2)}"
+        )
+    return ["", "**IPO on the confounded data:** " + "; ".join(parts) + "."] if parts else []
 
 
 def _pm(stats: dict | None, digits: int = 3) -> str:
@@ -604,7 +613,10 @@ def markdown(summary: dict, meta: dict) -> str:
     lines = [
         f"### `{meta['command']}`",
         "",
-        f"{meta['date']}; {len(seeds)} seeds ({', '.join(map(str, seeds))}); {meta['machine']}; "
+        f"{meta['date']}; commit {meta.get('git', {}).get('commit', 'unknown')}"
+        f"{'' if meta.get('git', {}).get('clean') else ' (with uncommitted changes)'}; "
+        f"{', '.join(f'{k} {v}' for k, v in meta.get('versions', {}).items())}.",
+        f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); {meta['machine']}; "
         f"total wall time {meta['total_wall_s']:.0f} s with {meta['workers']} worker processes; the jobs used "
         f"{meta.get('total_job_cpu_s', float('nan')):.0f} CPU-seconds in all (1-minute load average "
         f"{meta.get('load_average', [float('nan')] * 2)[0]:.1f} at the start, {meta.get('load_average', [float('nan')] * 2)[1]:.1f} at the end).",
@@ -663,11 +675,16 @@ def markdown(summary: dict, meta: dict) -> str:
         lines += [
             "",
             "**Length-confounded training data** (gamma = 1.5: the annotator also prefers longer answers; the held-out "
-            "truth is still length-free). Δ length = tokens (bytes) per generation over the SFT start; finished = "
-            "generations that end with EOS within the token limit; cut vs IPO = 1 - Δ length / Δ length of TRL's IPO "
-            "on the same confounded data.",
+            "truth is still length-free). Δ length = tokens (bytes) per generation over the SFT start; extra length = "
+            "Δ length on the confounded data minus Δ length on the clean data; finished = generations that end with "
+            "EOS within the token limit; well-formed = share of generated words that are words of the task's "
+            "vocabulary. A method that stops ending its answers or writing words also grows longer: read the "
+            "extra length together with those two columns.",
+        ]
+        lines += _ipo_family_line(summary)
+        lines += [
             "",
-            "| method | Δ length, clean data | Δ length, confounded data | extra length from the confound | finished, confounded | score after, confounded | Δ score, confounded | cut vs IPO |",
+            "| method | Δ length, clean data | Δ length, confounded data | extra length from the confound | finished, confounded | well-formed, confounded | score after, confounded | Δ score, confounded |",
             "|---|---|---|---|---|---|---|---|",
         ]  # fmt: skip
         for _key, e in summary["methods"].items():
@@ -680,15 +697,11 @@ def markdown(summary: dict, meta: dict) -> str:
             if e["status"] != "ok":
                 gaps.append(f"- **{e['method']}** (confounded): {e['status']}; errors: {e['errors']}")
             s = e["stats"]
-            dl_clean = clean.get("stats", {}).get("delta_length")
-            dl_conf = s["delta_length"]
-            extra = (
-                f"{dl_conf['mean'] - dl_clean['mean']:+.1f}" if dl_clean and dl_clean.get("n") and dl_conf.get("n") else "n/a"
-            )  # fmt: skip
-            cut = f"{e['length_cut_vs_ipo']:.0%}" if "length_cut_vs_ipo" in e else ""
+            extra = e.get("extra_length_from_confound")
             lines.append(
-                f"| {e['method']} | {_pm(dl_clean, 1)} | {_pm(dl_conf, 1)} | {extra} | {_mean(s['finished'], 2)} | "
-                f"{_pm(s['score_after'])} | {_pm(s['delta_score'])} | {cut} |"
+                f"| {e['method']} | {_pm(clean.get('stats', {}).get('delta_length'), 1)} | {_pm(s['delta_length'], 1)} | "
+                f"{'n/a' if extra is None else f'{extra:+.1f}'} | {_mean(s['finished'], 2)} | {_mean(s['well_formed'], 2)} | "
+                f"{_pm(s['score_after'])} | {_pm(s['delta_score'])} |"
             )
     lines += ["", "Methods (data shape -> trainer):", ""]
     lines += [
@@ -781,6 +794,20 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}"
 
 
+def git_state() -> dict[str, Any]:
+    """The commit the figures come from, and whether the tree had uncommitted changes (then they are not reproducible
+    from that commit alone)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    commit = git("rev-parse", "--short=12", "HEAD")
+    return {"commit": commit or "unknown", "clean": commit != "" and git("status", "--porcelain") == ""}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument(
@@ -862,6 +889,8 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python benchmarks/alignment.py" + (" --quick" if args.quick else "")
     if partial:
         command = "python benchmarks/alignment.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    from trl_ext.model_card import library_versions
+
     meta = {
         "command": command,
         "mode": mode,
@@ -877,7 +906,8 @@ def main(argv: list[str] | None = None) -> dict:
         "budget": asdict(budget),
         "n_test_pairs": len(read_jsonl(ctx["data"][seeds[0]]["test_pairs"])),
         "plot": f"results/alignment-{tag}.png",
-        "versions": _versions(),
+        "versions": library_versions(),
+        "git": git_state(),
     }
     payload = {"meta": meta, "summary": summary, "jobs": {j.key: {**asdict(j)} for j in jobs}}
     out_dir = RESULTS_DIR if not args.no_write else workdir
@@ -892,16 +922,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(section)
     print(f"\nwrote {out_dir / f'alignment-{tag}.json'}" + ("" if args.no_write or partial else f" and {RESULTS_MD}"))
     return payload
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("trl", "transformers", "peft", "torch", "datasets"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[name] = version(name)
-    return out
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def _result(score, tokens, **extra):
             "kl_per_sequence": 2.0, "wall_s": 10.0, "peak_rss_mb": 500.0, "reward_model_accuracy": 0.8, **extra}  # fmt: skip
 
 
-def test_summary_statistics_and_the_length_cut():
+def test_summary_statistics_and_the_extra_length():
     bench = _bench()
 
     def results(job):
@@ -80,14 +80,16 @@ def test_summary_statistics_and_the_length_cut():
     assert dpo["stats"]["delta_score"]["mean"] == pytest.approx(0.4) and dpo["stats"]["delta_score"]["n"] == 3
     assert dpo["per_seed"]["score_before"] == pytest.approx([0.4, 0.41, 0.42])
     ipo_len = summary["methods"]["ipo_len_auto/length"]
-    assert ipo_len["length_cut_vs_ipo"] == pytest.approx(1 - 4.0 / 20.0)  # Δ tokens 4 vs IPO's 20
+    assert ipo_len["extra_length_from_confound"] == pytest.approx(4.0 - 2.0)  # Δ tokens 4 confounded, 2 clean
+    assert summary["methods"]["ipo/length"]["extra_length_from_confound"] == pytest.approx(20.0 - 2.0)
     meta = {"command": "python benchmarks/alignment.py --quick", "date": "d", "machine": "m", "seeds": [0, 1, 2],
             "total_wall_s": 1.0, "workers": 2, "budget": {"eval_prompts": 64, "eval_samples": 2, "sft_steps": 1},
             "n_test_pairs": 180, "plot": "results/x.png"}  # fmt: skip
     md = bench.markdown(summary, meta)
     assert "| dpo | `pairs` | 0.810 ± 0.010 | 0.400 ± 0.000 | yes |" in md
     assert "| ipo_len_auto | +2.0 ± 0.0 | +4.0 ± 0.0 |" not in md  # signs are not forced; the real row:
-    assert "| ipo_len_auto | 2.0 ± 0.0 | 4.0 ± 0.0 | +2.0 | 1.00 |" in md and "| 80% |" in md
+    assert "| ipo_len_auto | 2.0 ± 0.0 | 4.0 ± 0.0 | +2.0 | 1.00 | 0.90 |" in md
+    assert "`ipo` extra length +18.0 tokens" in md and "`ipo_len_auto` extra length +2.0 tokens" in md
 
 
 def test_gaps_and_failures_are_reported_never_filled_in(tmp_path):

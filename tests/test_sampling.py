@@ -32,7 +32,8 @@ class GenerateSpy:
     def __call__(self, *args, generation_config=None, **kwargs):
         out = self.original(*args, generation_config=generation_config, output_scores=True, output_logits=True,
                             return_dict_in_generate=True, **kwargs)  # fmt: skip
-        self.steps.append((torch.stack(out.scores), torch.stack(out.logits), generation_config.temperature))
+        temperature = generation_config.temperature if generation_config is not None else kwargs.get("temperature")
+        self.steps.append((torch.stack(out.scores), torch.stack(out.logits), temperature or 1.0))
         return out.sequences
 
     def assert_sampled_the_full_softmax(self):
