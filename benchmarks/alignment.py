@@ -805,7 +805,11 @@ def git_state() -> dict[str, Any]:
         ).stdout.strip()
 
     commit = git("rev-parse", "--short=12", "HEAD")
-    return {"commit": commit or "unknown", "clean": commit != "" and git("status", "--porcelain") == ""}
+    # the benchmark's own outputs (an earlier run's RESULTS.md section and results/) do not make the code unclean
+    changed = git(
+        "status", "--porcelain", "--", ".", ":(exclude)benchmarks/RESULTS.md", ":(exclude)benchmarks/results"
+    )
+    return {"commit": commit or "unknown", "clean": commit != "" and changed == ""}
 
 
 def main(argv: list[str] | None = None) -> dict:
