@@ -38,25 +38,20 @@ def sampling_config(
     from transformers import GenerationConfig
 
     eos = list(eos_token_id) if isinstance(eos_token_id, Sequence) else eos_token_id
+    neutral = dict(_NEUTRAL)
     if do_sample:
-        return GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=True,
-            temperature=temperature,
-            eos_token_id=eos,
-            pad_token_id=pad_token_id,
-            bos_token_id=None,
-            num_return_sequences=num_return_sequences,
-            **_NEUTRAL,
-        )
+        neutral["temperature"] = temperature
+    else:  # greedy: the sampling-only fields stay unset (transformers warns about them otherwise)
+        for key in ("top_k", "top_p", "typical_p"):
+            neutral.pop(key)
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
-        do_sample=False,
+        do_sample=do_sample,
         eos_token_id=eos,
         pad_token_id=pad_token_id,
         bos_token_id=None,
         num_return_sequences=num_return_sequences,
-        **{k: v for k, v in _NEUTRAL.items() if k not in ("top_k", "top_p", "typical_p")},
+        **neutral,
     )
 
 

@@ -12,16 +12,7 @@
 The reference model: for a PEFT model it is the base with the adapters disabled (``model.disable_adapter()``; no
 second copy in memory). For a full model pass the base explicitly (`ref_model`).
 
-Definitions (as TRL's trainers use them):
-
-- implicit reward: ``r(x, y) = log pi(y|x) - log pi_ref(y|x)``, summed over the completion tokens (EOS included);
-  the per-token mean divides by the completion's token count (what IPO/ORPO-style length normalization uses).
-- preference accuracy on pairs: the fraction of pairs whose chosen completion gets the higher score; a tie counts
-  one half (so a model equal to its reference scores exactly 0.5).
-- win rate: the fraction of prompts where the policy's generation scores higher than the reference's; ties one half.
-- KL to the reference: on the policy's own samples (temperature 1, no top-k/top-p), the mean over generated tokens
-  of ``log pi(y_t|...) - log pi_ref(y_t|...)`` (the "k1" estimator, unbiased for KL(pi || pi_ref) per sequence;
-  "k3" = ``exp(-d) - 1 + d`` with ``d = log pi - log pi_ref`` is also unbiased and never negative).
+The metrics' definitions (implicit reward, preference accuracy, win rate, KL) are in `metrics`.
 
 Example:
     >>> from trl_ext import evaluation as ev
