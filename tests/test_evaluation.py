@@ -178,7 +178,7 @@ def test_kl_of_a_model_to_itself_is_zero(tiny_model_path, tiny):
     kl2 = ev.kl_to_reference(plain, gens, ref_model=plain, progress=False)
     assert kl2.per_token == 0.0
     # and a model equal to its reference ranks every pair as a tie: accuracy exactly 1/2
-    assert ev.preference_accuracy_of_model(model, tokenizer, PAIRS, progress=False) == 0.5
+    assert ev.evaluate_pairs(model, tokenizer, PAIRS, progress=False).metrics()["preference_accuracy"] == 0.5
 
 
 def test_kl_is_positive_for_a_changed_model(tiny_model_path, tiny):

@@ -290,20 +290,6 @@ def evaluate_pairs(
     )
 
 
-def preference_accuracy_of_model(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: Sequence[dict[str, Any]],
-    *,
-    ref_model: torch.nn.Module | None = None,
-    batch_size: int = 16,
-    progress: bool = True,
-) -> float:
-    """Held-out preference accuracy of the implicit reward log pi/pi_ref (summed over completion tokens)."""
-    pe = evaluate_pairs(model, tokenizer, pairs, ref_model=ref_model, batch_size=batch_size, progress=progress)
-    return pe.metrics()["preference_accuracy"]
-
-
 # ----------------------------------------------------------------------------------------------- reward models
 @torch.no_grad()
 def reward_scores(
