@@ -23,14 +23,10 @@ With `use_peft` the reference model is the base with the adapter disabled (no se
         --dataset_path my_ranked.jsonl --model_name_or_path Qwen/Qwen2.5-7B-Instruct --push_to_hub true
 """
 
-import logging
-
 from trl import GRPOTrainer
 
 from trl_ext import RankedGRPOConfig, RankedGRPOTrainer, models, recipe
 from trl_ext.ranked_grpo import RankedRewardArguments, RewardModelScorer, reward_model_for
-
-logger = logging.getLogger(__name__)
 
 
 def make_parser():
