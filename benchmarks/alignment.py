@@ -764,16 +764,20 @@ def plot(summary: dict, path: Path) -> Path:
     return path
 
 
-def write_results_md(section: str, mode: str, path: Path = RESULTS_MD) -> None:
-    """Put `section` between this mode's markers in RESULTS.md, keeping the rest of the file."""
-    begin, end = f"<!-- alignment:{mode}:begin -->", f"<!-- alignment:{mode}:end -->"
+def write_results_md(
+    section: str, mode: str, path: Path = RESULTS_MD, *, name: str = "alignment", title: str | None = None
+) -> None:
+    """Put `section` between the markers of benchmark `name` and `mode` in RESULTS.md, keeping the rest of the file
+    (a new section is appended under `title`)."""
+    begin, end = f"<!-- {name}:{mode}:begin -->", f"<!-- {name}:{mode}:end -->"
     block = f"{begin}\n{section}\n{end}"
     text = path.read_text() if path.exists() else RESULTS_HEADER
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         text = head + block + rest.split(end, 1)[1]
     else:
-        text = text.rstrip("\n") + "\n\n" + f"## Alignment benchmark ({mode})\n\n" + block + "\n"
+        heading = title or f"Alignment benchmark ({mode})"
+        text = text.rstrip("\n") + "\n\n" + f"## {heading}\n\n" + block + "\n"
     path.write_text(text)
 
 

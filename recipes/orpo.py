@@ -11,9 +11,10 @@ Data: `pairs_sft_target` (pairs + which answer is the SFT target) or `pairs`, vi
         --dataset_path my_pairs.jsonl --model_name_or_path Qwen/Qwen2.5-7B --push_to_hub true
 """
 
-from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+from trl.experimental.orpo import ORPOConfig
 
 from trl_ext import models, recipe
+from trl_ext.orpo import ORPOTrainer
 
 
 def make_parser():

@@ -16,7 +16,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TEST_DATA = REPO_ROOT / "tests" / "data"  # real public data kept with the tests (see its README.md)
+TEST_DATA = REPO_ROOT / "recipes" / "data"  # example files, and real public data (HH-RLHF, see its README.md)
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ def _parse(config: Path):
 def test_every_method_folder_has_the_three_standard_configs():
     for folder in sorted(p for p in (RECIPES / "configs").iterdir() if p.is_dir()):
         names = {p.name for p in folder.glob("*.yaml")}
-        assert {"tiny-cpu.yaml", "qlora-24gb.yaml", "qlora-12gb.yaml"} <= names, folder.name
+        assert {"tiny-cpu.yaml", "smollm2-cpu.yaml", "qlora-24gb.yaml", "qlora-12gb.yaml"} <= names, folder.name
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=_id)

@@ -151,6 +151,29 @@ def test_load_model_4bit_is_nf4_with_double_quantization():
     assert model.model.norm.weight.dtype == torch.float32  # k-bit preparation: norms in fp32
 
 
+def test_a_4bit_reward_model_trains_in_float32_without_mixed_precision(tmp_path):
+    """TRL 1.16's RewardTrainer casts a quantized model's trainable parameters (the score head included) to bfloat16;
+    a CPU run in float32 then fails at the first forward unless `recipe.train` casts them back."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    parser = recipe.make_parser(RewardConfig)
+    _, training_args, model_args = parser.parse_args_and_config(
+        ["--model_name_or_path", TINY_MODEL_ID, "--load_in_4bit", "true", "--dtype", "float32", "--use_peft", "true",
+         "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false", "--output_dir", str(tmp_path),
+         "--max_steps", "1", "--per_device_train_batch_size", "2", "--report_to", "none"]
+    )  # fmt: skip
+    tokenizer = models.load_tokenizer(model_args, training_args)
+    model = models.load_model(model_args, training_args, head="seq-cls", tokenizer=tokenizer)
+    rows = [{"prompt": "a b", "chosen": " a", "rejected": " z"}] * 2
+    trainer = RewardTrainer(model=model, args=training_args, train_dataset=Dataset.from_list(rows),
+                            processing_class=tokenizer, peft_config=models.lora_config(model_args, head="seq-cls"))  # fmt: skip
+    assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.bfloat16}  # TRL's cast
+    metrics = recipe.train(trainer)
+    assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.float32}
+    assert math.isfinite(metrics["train_loss"])
+
+
 def test_load_model_needs_a_model_name():
     from trl import ModelConfig
 
@@ -220,3 +243,11 @@ def test_model_card_has_what_the_issue_asks_for(tmp_path):
 def test_every_method_of_the_project_has_a_paper():
     assert set(model_card.METHODS) == {"sft", "reward", "ppo", "dpo", "ipo", "kto", "orpo", "grpo"}
     assert all("arxiv.org/abs/" in paper for _, paper in model_card.METHODS.values())
+
+
+def test_a_missing_reward_model_folder_is_named_in_one_line(tmp_path):
+    missing = str(tmp_path / "outputs" / "reward-smollm2-cpu")
+    with pytest.raises(FileNotFoundError) as error:
+        models.load_reward_model(missing)
+    message = str(error.value)
+    assert missing in message and "recipes/reward.py" in message and "\n" not in message

@@ -14,6 +14,7 @@ import transformers
 import trl
 from transformers import AutoModelForCausalLM, Trainer
 from trl import DPOTrainer, GRPOConfig, GRPOTrainer, RewardTrainer
+from trl.experimental.orpo import ORPOTrainer as TRLORPOTrainer
 
 from trl_ext import LengthAwareIPOTrainer, PPOTrainer, RankedGRPOConfig, RankedGRPOTrainer
 from trl_ext.ranked_grpo import PlackettLuceRewardTrainer
@@ -36,6 +37,9 @@ OVERRIDDEN_OR_CALLED = [
         ["self", "dataset", "processing_class", "args", "dataset_name"],
         "PlackettLuceRewardTrainer overrides",
     ),  # fmt: skip
+    # public but internal, and in trl.experimental (no stability promise): the fields it returns are checked by
+    # tests/test_chat_templates.py, which trains nothing if they drift
+    (TRLORPOTrainer, "tokenize_row", ["self", "feature", "model"], "trl_ext.orpo.ORPOTrainer overrides"),
     (Trainer, "_set_signature_columns_if_needed", ["self"], "IPO, Plackett-Luce, RankedGRPO and PPO override"),
     (
         Trainer,

@@ -5,6 +5,8 @@ Trainers TRL 1.16 lacks (each a small subclass or a short trainer on TRL's machi
 - `LengthAwareIPOTrainer` / `LengthAwareIPOConfig`: IPO with length normalization and a length-regularized target.
 - `RankedGRPOTrainer` / `RankedGRPOConfig`: offline GRPO (and Plackett-Luce) on human-ranked response lists.
 - `PPOTrainer` / `PPOConfig`: PPO with a critic and a reward model, QLoRA-friendly (one 4-bit base, several roles).
+- `ORPOTrainer`: TRL's experimental ORPO trainer tokenizing chat data as TRL's DPOTrainer does (one end of turn per
+  answer; long prompts truncated from the start instead of leaving an empty answer).
 
 Names are imported lazily so `import trl_ext` stays cheap.
 """
@@ -22,6 +24,7 @@ _LAZY = {
     "RankedGRPOTrainer": "trl_ext.ranked_grpo",
     "PPOConfig": "trl_ext.ppo",
     "PPOTrainer": "trl_ext.ppo",
+    "ORPOTrainer": "trl_ext.orpo",
     "ToyTask": "trl_ext.testing.synthetic",
     "resolve_model_name": "trl_ext.models",
     "TINY_MODEL_ID": "trl_ext.testing.tiny",

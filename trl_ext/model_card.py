@@ -71,9 +71,12 @@ def library_versions() -> dict[str, str]:
 def render(card: ModelCard) -> str:
     """The card as Markdown with the Hub's YAML front matter."""
     title, paper = METHODS.get(card.method, (card.method, "n/a"))
+    from trl_ext.embedded import PROVENANCE
+
     base = card.base_model
+    hub_base, base_note = PROVENANCE.get(base, (base, None))
     front: dict[str, Any] = {
-        "base_model": base,
+        **({"base_model": hub_base} if hub_base else {}),
         "library_name": "peft" if card.is_adapter else "transformers",
         "tags": ["trl", "trl-ext", card.method] + (["lora"] if card.lora else []),
     }
@@ -87,11 +90,13 @@ def render(card: ModelCard) -> str:
     lines += [
         f"# {card.name}",
         "",
-        f"A {what} trained from [{base}](https://huggingface.co/{base}) with **{title}** ({card.method}) using "
-        "trl-ext on top of [TRL](https://github.com/huggingface/trl).",
+        f"A {what} trained from "
+        + (f"[{base}](https://huggingface.co/{hub_base})" if hub_base else f"`{base}`")
+        + f" with **{title}** ({card.method}) using trl-ext on top of [TRL](https://github.com/huggingface/trl).",
         "",
         f"- Method: {title}. Paper: {paper}",
         f"- Base model: `{base}` ({card.quantization})" + (", trained through a LoRA adapter" if card.lora else ""),
+        *([f"  - `{base}`: {base_note}"] if base_note else []),
         f"- Data: `{card.dataset or 'n/a'}`" + (f" (shape `{card.dataset_shape}`)" if card.dataset_shape else ""),
         *(
             f"  - `{r['source']}`: shape `{r['shape']}`, {r['rows_in']} rows read, {r['dropped']} dropped as invalid, "

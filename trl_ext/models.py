@@ -1,6 +1,7 @@
 """Loading models and tokenizers: the one home for it (recipes, trainers, evaluation and benchmarks call these).
 
-- Names: `resolve_model_name` turns the project's embedded model ids (``trl-ext/tiny-llama``) into local folders,
+- Names: `resolve_model_name` turns the project's embedded model ids (``trl-ext/tiny-llama``,
+  ``trl-ext/smollm2-135m-instruct``) into local folders,
   built on first use; any other name or path is passed through.
 - Training: `load_tokenizer`, `load_model` (4-bit NF4 + k-bit preparation when asked), `lora_config`.
 - After training: `merge_adapter` (16-bit base reloaded, never merged into 4-bit weights).
@@ -38,11 +39,10 @@ def torch_dtype(value: str | torch.dtype | None) -> torch.dtype | str | None:
 
 def resolve_model_name(name: str) -> str:
     """A local folder for the project's embedded model ids (built and cached on first use); other names unchanged."""
-    from trl_ext.testing.tiny import TINY_MODEL_ID, tiny_model_path
+    from trl_ext.embedded import embedded_models
 
-    if name == TINY_MODEL_ID:
-        return str(tiny_model_path())
-    return name
+    build = embedded_models().get(name)
+    return str(build()) if build is not None else name
 
 
 def model_path(model_args: ModelConfig) -> str:
@@ -58,12 +58,22 @@ def trust_remote_code(training_args: TrainingArguments) -> bool:
 
 
 def tokenizer_from(path: str, *, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:  # fmt: skip
-    """`AutoTokenizer.from_pretrained(path)`, given a pad token (EOS) if it has none, as batched training needs one."""
+    """`AutoTokenizer.from_pretrained(path)`, given a pad token (EOS) if it has none, as batched training needs one,
+    and a chat template that adds the generation prompt only when asked (`tokenization.repair_chat_template`)."""
     from transformers import AutoTokenizer
+
+    from trl_ext.tokenization import repair_chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if repair_chat_template(tokenizer):
+        logger.warning(
+            "%s: the chat template appends the assistant header even to a finished conversation (an early Llama-3 "
+            "template), so every completion would end with it; it now does so only with add_generation_prompt "
+            "(the saved tokenizer keeps the repaired template)",
+            path,
+        )
     return tokenizer
 
 
@@ -324,7 +334,17 @@ def load_reward_model(
         use_cpu=use_cpu,
         trust_remote_code=trust_remote_code,
     )
-    tokenizer = tokenizer_from(path, trust_remote_code=trust_remote_code)
+    if not os.path.isdir(path):
+        try:
+            tokenizer = tokenizer_from(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise FileNotFoundError(
+                f"reward model {model_name_or_path!r}: no such local folder, and as a Hub id it did not load "
+                f"({first_line}); train one with recipes/reward.py or pass its path"
+            ) from error
+    else:
+        tokenizer = tokenizer_from(path, trust_remote_code=trust_remote_code)
     base = _adapter_base(path, base_model_name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(base or path, num_labels=1, **kwargs)
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -303,6 +303,9 @@ def callbacks() -> list[TrainerCallback]:
 def train(trainer: Trainer) -> dict[str, float]:
     """`trainer.train` (resuming from `args.resume_from_checkpoint`, resolved by `parse`), then a final evaluation
     if the trainer has an evaluation set. Returns the metrics (train_* and eval_*)."""
+    from trl_ext.trainer_utils import trainable_without_mixed_precision
+
+    trainable_without_mixed_precision(trainer.model, trainer.args)  # before the optimizer exists
     result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
     metrics = dict(result.metrics)
     trainer.log_metrics("train", metrics)

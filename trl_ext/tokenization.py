@@ -96,6 +96,107 @@ def encode_sequence(tokenizer: PreTrainedTokenizerBase, prompt: Text, completion
     return prompt_ids + completion_ids
 
 
+_PROBE = [{"role": "user", "content": "qz1"}, {"role": "assistant", "content": "qz2"}]
+_NEXT = {"role": "user", "content": "qz3"}
+
+
+def generation_prompt_always_added(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The generation prompt a chat template appends even with ``add_generation_prompt=False``, else None.
+
+    Early Llama-3-Instruct templates end with an unconditional ``<|start_header_id|>assistant<|end_header_id|>``: every
+    rendered conversation, a finished one included, then ends with a new assistant header, so a completion built from
+    it (by TRL's trainers or ours) would end with that header after its ``<|eot_id|>``.
+
+    Found by rendering probes: a user + assistant conversation renders the same with and without the flag, and
+    continuing it with a user turn replaces its tail: that tail, starting where the new user turn starts (the first
+    point after the assistant's text from which the rest is also how a lone user turn renders), is the prompt.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+
+    def render(messages, flag=False):
+        return _chat_ids(tokenizer, messages, add_generation_prompt=flag)
+
+    try:
+        two, two_flagged, three, lone = render(_PROBE), render(_PROBE, True), render([*_PROBE, _NEXT]), render([_NEXT])
+    except Exception:  # templates that refuse the probes (strict role checks, ...) are left alone
+        return None
+    if two != two_flagged:
+        return None
+    shared = 0  # token ids, not characters: special tokens are whole, so a match cannot start inside one
+    while shared < min(len(two), len(three)) and two[shared] == three[shared]:
+        shared += 1
+    if shared == len(two):
+        return None  # nothing rendered after the finished conversation: the template never adds a prompt
+    answer = _PROBE[1]["content"]
+    after_answer = next((i for i in range(len(two) + 1) if answer in tokenizer.decode(two[:i])), None)
+    if after_answer is None:
+        return None
+    for start in range(after_answer, shared + 1):
+        if lone[len(lone) - (len(three) - start) :] == three[start:]:
+            text = tokenizer.decode(two[start:], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            rendered = tokenizer.apply_chat_template(_PROBE, tokenize=False)
+            return text if text and rendered.endswith(text) else None
+    return None
+
+
+def repair_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Make a template that always appends its generation prompt append it only when asked (see
+    `generation_prompt_always_added`); True if the template was changed. The rest of the rendering is untouched."""
+    import json
+
+    suffix = generation_prompt_always_added(tokenizer)
+    if suffix is None:
+        return False
+    literal = json.dumps(suffix)  # a valid Jinja string literal
+    tokenizer.chat_template = (
+        "{% set rendered %}" + tokenizer.chat_template + "{% endset %}"
+        "{% if add_generation_prompt or not rendered.endswith(" + literal + ") %}{{ rendered }}"
+        "{% else %}{{ rendered[:rendered | length - " + str(len(suffix)) + "] }}{% endif %}"
+    )
+    return True
+
+
+def end_of_turn_text(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """What the chat template writes after an assistant message, stripped (``<|im_end|>`` for ChatML, ``<|eot_id|>``
+    for Llama-3); None without a template, or if it writes nothing there."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        text = tokenizer.apply_chat_template(_PROBE, tokenize=False)
+    except Exception:
+        return None
+    answer = _PROBE[1]["content"]
+    if not isinstance(text, str) or answer not in text:
+        return None
+    return text[text.rindex(answer) + len(answer) :].strip() or None
+
+
+def encode_rendered_group(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, completions: Sequence[str]
+) -> tuple[list[int], list[list[int]]]:
+    """`encode_group` for text that is either plain or already rendered by the chat template (what TRL's
+    `maybe_apply_chat_template` hands to a trainer that tokenizes text, such as ORPO's): no second BOS when the text
+    already starts with it, and EOS appended only to a completion that ends with neither EOS nor the template's end
+    of turn (TRL's ORPO appends it after ``<|im_end|>\n``, ending every answer with two ends of turn)."""
+    from trl.data_utils import common_prefix_length
+
+    bos = tokenizer.bos_token
+    special = not (bos and prompt.startswith(bos))
+    ends = [e for e in (tokenizer.eos_token, end_of_turn_text(tokenizer)) if e]
+
+    def finished(text: str) -> str:
+        return text if any(text.rstrip().endswith(e) for e in ends) else with_eos(text, tokenizer.eos_token)
+
+    def ids(text: str) -> list[int]:
+        return list(tokenizer(text=text, add_special_tokens=special)["input_ids"])
+
+    prompt_ids = ids(prompt)
+    full = [ids(prompt + finished(c)) for c in completions]
+    start = min((common_prefix_length(prompt_ids, f) for f in full), default=len(prompt_ids))
+    return prompt_ids[:start], [f[start:] for f in full]
+
+
 def stop_token_ids(model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The tokens that end a generated turn: the tokenizer's EOS first, then every EOS the model's generation config
     names (a chat model's end-of-turn token often differs from the tokenizer's EOS, e.g. ``<|im_end|>``)."""

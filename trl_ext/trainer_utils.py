@@ -50,6 +50,26 @@ def wrap_policy(model: nn.Module, peft_config: Any | None, *, bf16: bool = False
     return model
 
 
+def trainable_without_mixed_precision(model: nn.Module, args: Any) -> int:
+    """Put a 4/8-bit model's bfloat16 trainable parameters back in float32 when the run has no bf16/fp16 mixed
+    precision; returns how many were cast.
+
+    TRL 1.16's trainers cast every trainable parameter of a quantized model to bfloat16 (QLoRA's recommendation,
+    which assumes bf16 autocast on a GPU). In a float32 run (a CPU) LoRA layers cope, but a trained head outside them
+    (the reward model's ``score``) meets float32 activations with bfloat16 weights and the first forward fails.
+    """
+    model = getattr(model, "module", model)
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    if not quantized or getattr(args, "bf16", False) or getattr(args, "fp16", False):
+        return 0
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype == torch.bfloat16:
+            param.data = param.data.to(torch.float32)
+            cast += 1
+    return cast
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A frozen, eval-mode deep copy of `model` (the reference of a full fine-tune)."""
     ref = copy.deepcopy(model)

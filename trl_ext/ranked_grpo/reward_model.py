@@ -134,6 +134,9 @@ def reward_model_for(
         peft_config=models.lora_config(model_args, head="seq-cls"),
         callbacks=callbacks,
     )
+    from trl_ext.trainer_utils import trainable_without_mixed_precision
+
+    trainable_without_mixed_precision(trainer.model, trainer.args)  # before the optimizer exists
     result = trainer.train()
     logger.info("Reward model (%s): %s", reward_args.reward_loss, result.metrics)
     trainer.save_model(saved)

@@ -16,10 +16,9 @@ Example:
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from trl_ext.embedded import build_once
 
 TINY_MODEL_ID = "trl-ext/tiny-llama"
 # Bump when the architecture, tokenizer or chat template changes, so stale caches are not reused.
@@ -43,10 +42,6 @@ TINY_CONFIG = dict(
     max_position_embeddings=1024,
     tie_word_embeddings=True,
 )
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TRL_EXT_CACHE", Path.home() / ".cache" / "trl_ext"))
 
 
 def build_byte_tokenizer():
@@ -91,43 +86,4 @@ def build_tiny_model(seed: int = 0):
 
 def tiny_model_path(seed: int = 0) -> Path:
     """Build (once) and return the folder holding the tiny model and tokenizer."""
-    target = cache_dir() / f"tiny-llama-{_TINY_VERSION}-seed{seed}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = build_tiny_model(seed)
-    # Write to a temporary folder and rename, so parallel processes (torchrun, pytest-xdist) never see half a model.
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
-    try:
-        _save_complete(model, tokenizer, tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first: keep theirs
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _save_complete(model, tokenizer, folder: Path) -> None:
-    """Write config, weights and tokenizer on *this* process.
-
-    Not `model.save_pretrained`: under torch.distributed (recipes started by `accelerate launch` load the model after
-    the process group exists) transformers 5 writes weights on rank 0 only, so another rank could rename a folder
-    holding just the tokenizer into the cache before rank 0 finishes.
-    """
-    from safetensors.torch import save_file
-
-    model.config.architectures = [type(model).__name__]  # what save_pretrained records
-    model.config.dtype = str(model.dtype).removeprefix("torch.")
-    model.config.save_pretrained(folder)
-    model.generation_config.save_pretrained(folder)
-    state = model.state_dict()
-    if model.config.tie_word_embeddings:  # stored once, as transformers does; re-tied on load
-        state.pop("lm_head.weight")
-    save_file({k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors", metadata={"format": "pt"})
-    tokenizer.save_pretrained(folder)
-    missing = [n for n in ("config.json", "model.safetensors", "tokenizer.json") if not (folder / n).exists()]
-    if missing:
-        raise RuntimeError(f"building the tiny model in {folder}: {', '.join(missing)} not written")
+    return build_once(f"tiny-llama-{_TINY_VERSION}-seed{seed}", lambda: build_tiny_model(seed))
