@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
     methods = [METHOD_BY_KEY[k] for k in args.methods] if args.methods else METHODS
     workdir = Path(args.workdir)
     started = time.perf_counter()
+    git = git_state()  # the code this run starts from (edits made while it runs do not change what it imported)
 
     data = prepare_data(workdir, budget.max_length)
     test_rows = data.pop("test_rows")
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     table = summarize(runs, data, budget)
     meta = {
-        "quick": args.quick, "budget": asdict(budget), "data": data, "machine": machine(), "git": git_state(),
+        "quick": args.quick, "budget": asdict(budget), "data": data, "machine": machine(), "git": git,
         "versions": {k: v for k, v in library_versions().items() if k in ("trl", "transformers", "peft", "torch", "bitsandbytes")},
         "reward_accuracy": statistics.fmean(reward_accuracies), "reward_accuracies": reward_accuracies,
         "wall_s": time.perf_counter() - started,

@@ -209,6 +209,17 @@ def resolve_checkpoint(resume: str | bool | None, output_dir: str) -> str | None
 
 
 # ---------------------------------------------------------------------------------------------------------- data
+def packaged_data(path: str) -> str:
+    """`path` itself, or, for a ``recipes/data/...`` path that does not exist here (a packaged config run from an
+    installed wheel, outside a clone), the file the wheel ships in `trl_ext.recipes`."""
+    if os.path.exists(path) or not path.replace(os.sep, "/").startswith("recipes/"):
+        return path
+    from trl_ext.cli import recipes_dir
+
+    shipped = recipes_dir() / path.replace(os.sep, "/").removeprefix("recipes/")
+    return str(shipped) if shipped.exists() else path
+
+
 def load_datasets(
     recipe_args: RecipeArguments, *, method: str, seed: int = 42
 ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
@@ -234,9 +245,9 @@ def load_datasets(
         recipe_args.data_reports.append(report.to_dict())
         return dataset
 
-    train = read(recipe_args.dataset_path)
+    train = read(packaged_data(recipe_args.dataset_path))
     if recipe_args.eval_dataset_path:
-        evaluation = read(recipe_args.eval_dataset_path)
+        evaluation = read(packaged_data(recipe_args.eval_dataset_path))
     elif recipe_args.eval_fraction > 0:
         split = train.train_test_split(test_size=recipe_args.eval_fraction, seed=seed)
         train, evaluation = split["train"], split["test"]
