@@ -92,6 +92,11 @@ def _resolve_shape(src: Source, shape: str | None) -> str:
 
 
 def _implicit_prompt(src: Source, shape: str) -> Source:
+    from .importers import split_shared_prompt, system_into_prompt
+
+    src = system_into_prompt(src)
+    if shape in PAIR_SHAPES:
+        src = split_shared_prompt(src)
     table = src.table
     columns = table.column_names
     if (

@@ -40,3 +40,14 @@ def short(value: object, limit: int = 60) -> str:
     """repr of a value, cut to `limit` characters, for error messages."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short_json(value: object, limit: int = 60) -> str:
+    """A value as JSON (``null``, ``[1, 2]``), cut to `limit` characters; `short` for what JSON cannot write."""
+    import json
+
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return short(value, limit)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -182,3 +182,76 @@ def extract_implicit_prompt(src: Source) -> Source:
     for name, column in rest.items():
         out = out.append_column(name, column)
     return replace(src, table=out)
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
+
+
+def split_shared_prompt(src: Source) -> Source:
+    """Pairs whose `chosen`/`rejected` conversations repeat the prompt (HuggingFaceH4/ultrafeedback_binarized and
+    axolotl's `chatml.ultra`: a string `prompt`, and full conversations `[user, assistant]`): the shared turns become
+    the prompt (TRL's `maybe_extract_prompt`) and the answers the rest, so prompt + chosen is the conversation once,
+    not with the user turn twice. The string prompt must be that user turn (else the row is refused: the two disagree);
+    a message-list prompt that chosen and rejected both start with is taken off them. Other rows are unchanged."""
+    from trl.data_utils import extract_prompt
+
+    table = src.table
+    if not {"prompt", "chosen", "rejected"} <= set(table.column_names):
+        return src
+    columns = table.select(["prompt", "chosen", "rejected"]).to_pydict()
+    changed = False
+    for i, (prompt, chosen, rejected) in enumerate(zip(columns["prompt"], columns["chosen"], columns["rejected"])):
+        if not (_is_messages(chosen) and _is_messages(rejected)) or chosen[0].get("role") == "assistant":
+            continue
+        if _is_messages(prompt):
+            n = len(prompt)
+            if chosen[:n] == prompt and rejected[:n] == prompt and len(chosen) > n and len(rejected) > n:
+                columns["chosen"][i], columns["rejected"][i] = chosen[n:], rejected[n:]
+                changed = True
+            continue
+        if not isinstance(prompt, str):
+            continue
+        shared = extract_prompt({"chosen": chosen, "rejected": rejected})
+        head = shared["prompt"]
+        if not head or not shared["chosen"] or not shared["rejected"]:
+            continue
+        last_user = next((m for m in reversed(head) if m.get("role") == "user"), None)
+        if last_user is None or str(last_user.get("content", "")).strip() != prompt.strip():
+            raise src.error(  # refused even with on_error="drop": which of the two questions is right is not ours to guess
+                "is a string while chosen and rejected are conversations that start with a different user turn: "
+                "prompt + chosen would hold two questions (drop the prompt column to use the conversations' own)",
+                i,
+                "prompt",
+            )
+        columns["prompt"][i], columns["chosen"][i], columns["rejected"][i] = head, shared["chosen"], shared["rejected"]
+        changed = True
+    if not changed:
+        return src
+    out = table
+    for name in ("prompt", "chosen", "rejected"):
+        out = out.set_column(out.column_names.index(name), name, pa.array(columns[name]))
+    return replace(src, table=out)
+
+
+def system_into_prompt(src: Source) -> Source:
+    """A `system` column (LLaMA-Factory, axolotl's `chatml.intel`, ms-swift) goes to the head of the prompt as a
+    system message, where chat templates expect it; rows with an empty or missing system value keep their prompt.
+    The column is then gone: its content is in the prompt."""
+    table = src.table
+    if "system" not in table.column_names or "prompt" not in table.column_names:
+        return src
+    systems, prompts = table.column("system").to_pylist(), table.column("prompt").to_pylist()
+    if not any(isinstance(v, str) and v.strip() for v in systems):
+        return replace(src, table=table.drop_columns(["system"]))
+    merged = []
+    for i, (system, prompt) in enumerate(zip(systems, prompts)):
+        if system is not None and not isinstance(system, str):
+            raise src.error(f"must be a string, got {type(system).__name__}", i, "system")
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        if system and system.strip() and not (messages and messages[0].get("role") == "system"):
+            messages = [{"role": "system", "content": system}, *messages]
+        merged.append(messages)
+    out = table.drop_columns(["system"])
+    out = out.set_column(out.column_names.index("prompt"), "prompt", pa.array(merged))
+    return replace(src, table=out)

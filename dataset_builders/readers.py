@@ -27,7 +27,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from .errors import DataError, short
+from .errors import DataError, short, short_json
 
 logger = logging.getLogger("dataset_builders")
 
@@ -186,7 +186,29 @@ def _read_text(path: Path, name: str) -> str:
 # --- JSONL ------------------------------------------------------------------------------------------------------
 
 
+def _starts_with_an_object(path: Path) -> bool:
+    """True if the first non-blank line of the file starts with ``{``.
+
+    pyarrow 26's JSON reader crashes the process (a segmentation fault, not an exception) on a file whose first
+    non-blank line is ``null`` (reproduction: tests/test_dataset_builders_errors.py); anything but an object there is
+    parsed line by line instead, which names the line.
+    """
+    try:
+        with _open_text(path) as f:
+            for line in f:
+                if line.strip():
+                    return line.lstrip().startswith("{")
+    except (OSError, EOFError, UnicodeDecodeError):
+        return True  # let the normal path report what is wrong with the file
+    return True
+
+
 def _read_jsonl(path: Path, name: str, on_error: str) -> Source:
+    if not _starts_with_an_object(path):
+        rows, lines, dropped = _parse_jsonl_lines(path, name, on_error)
+        source = _rows_to_source(rows, name, "line", np.asarray(lines, dtype=np.int64), on_error, path=path)
+        source.dropped[:0] = dropped
+        return source
     try:
         with pa.input_stream(str(path), compression="gzip" if _is_gz(path) else None) as stream:
             table = pa_json.read_json(stream, read_options=pa_json.ReadOptions(block_size=_JSONL_BLOCK_SIZE))
@@ -202,6 +224,8 @@ def _read_jsonl(path: Path, name: str, on_error: str) -> Source:
 
 def _stream_jsonl(path: Path, name: str) -> Source | None:
     """The first block of a JSONL file as the table, the rest as a stream; None if Arrow refuses the start."""
+    if not _starts_with_an_object(path):
+        return None
     try:
         stream = pa.input_stream(str(path), compression="gzip" if _is_gz(path) else None)
         reader = pa_json.open_json(stream, read_options=pa_json.ReadOptions(block_size=STREAM_BLOCK_SIZE))
@@ -220,7 +244,7 @@ def _parse_jsonl_lines(path: Path, name: str, on_error: str) -> tuple[list[dict]
                     continue
                 try:
                     row = json.loads(line)
-                    problem = None if isinstance(row, dict) else f"expected a JSON object, got {short(row)}"
+                    problem = None if isinstance(row, dict) else f"expected a JSON object, got {short_json(row)}"
                 except json.JSONDecodeError as e:
                     problem = f"malformed JSON: {e.msg} (column {e.colno})"
                 if problem is not None:
@@ -443,10 +467,15 @@ def _rows_to_source(rows: list, name: str, unit: str, numbers: Any, on_error: st
 
     keep = []
     for i, row in enumerate(rows):
-        if isinstance(row, dict):
-            keep.append(i)
-        else:
-            reject(i, f"expected a JSON object, got {short(row)}")
+        if not isinstance(row, dict):
+            reject(i, f"expected a JSON object, got {short_json(row)}")
+            continue
+        try:
+            rows[i] = _joined_surrogates(row)
+        except _LoneSurrogate as lone:
+            reject(i, "holds a lone UTF-16 surrogate (half of an escaped character), which is not text", lone.field)
+            continue
+        keep.append(i)
     rows, numbers = [rows[i] for i in keep], [numbers[i] for i in keep]
 
     coerced = False
@@ -470,6 +499,33 @@ def _rows_to_source(rows: list, name: str, unit: str, numbers: Any, on_error: st
             rows = [row for i, row in enumerate(rows) if i not in drop]
             numbers = [n for i, n in enumerate(numbers) if i not in drop]
     return Source(name, table, unit=unit, line_numbers=np.asarray(numbers, dtype=np.int64), path=path, dropped=dropped)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _LoneSurrogate(ValueError):
+    def __init__(self, field: str | None):
+        super().__init__(field)
+        self.field = field
+
+
+def _joined_surrogates(value: Any, field: str | None = None) -> Any:
+    """`value` with escaped astral characters made whole: JSON5 (and JSON written by Python's `json.dumps`) can carry
+    an emoji as the two escapes ``\\ud83d\\ude00``, which some parsers decode one half at a time. A half without its
+    partner raises `_LoneSurrogate` naming the top-level field."""
+    if isinstance(value, str):
+        if not _SURROGATE.search(value):
+            return value
+        try:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16")
+        except UnicodeDecodeError:
+            raise _LoneSurrogate(field) from None
+    if isinstance(value, dict):
+        return {k: _joined_surrogates(v, field if field is not None else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_joined_surrogates(v, field) for v in value]
+    return value
 
 
 def _labels_to_strings(rows: list[dict]) -> bool:

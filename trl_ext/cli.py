@@ -13,6 +13,7 @@ same scripts are the package `trl_ext.recipes` in the wheel (setup.py maps `reci
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import subprocess
 import sys
 from collections.abc import Sequence
