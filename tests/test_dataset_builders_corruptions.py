@@ -13,7 +13,11 @@ import dataset_builders
 from dataset_builders import DataError
 
 Q = "What is 2+2?"
-USER, FOUR, FIVE = {"role": "user", "content": Q}, {"role": "assistant", "content": "4"}, {"role": "assistant", "content": "5"}
+USER, FOUR, FIVE = (
+    {"role": "user", "content": Q},
+    {"role": "assistant", "content": "4"},
+    {"role": "assistant", "content": "5"},
+)
 
 
 def write_jsonl(path, rows):
@@ -51,7 +55,7 @@ def test_a_system_column_heads_the_prompt_as_a_system_message(tmp_path):
     assert "system" not in ds.column_names  # its content is in the prompt
 
 
-@pytest.mark.parametrize("text", ["null\n", "\n\nnull\n{\"prompt\": \"a\"}\n", "[1, 2]\n", '"text"\n'])
+@pytest.mark.parametrize("text", ["null\n", '\n\nnull\n{"prompt": "a"}\n', "[1, 2]\n", '"text"\n'])
 def test_a_jsonl_file_that_does_not_start_with_an_object_is_one_line_not_a_crash(tmp_path, text):
     path = tmp_path / "x.jsonl"
     path.write_text(text)
@@ -73,7 +77,9 @@ def test_pyarrow_json_reader_segfault_reproduction(tmp_path):
         j.read_json({str(path)!r})
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode < 0, f"pyarrow {pyarrow.__version__} no longer crashes: {done.returncode} {done.stderr[-300:]}"
+    assert done.returncode < 0, (
+        f"pyarrow {pyarrow.__version__} no longer crashes: {done.returncode} {done.stderr[-300:]}"
+    )
 
 
 def test_escaped_astral_characters_in_json_with_comments(tmp_path):
