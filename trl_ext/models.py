@@ -144,7 +144,10 @@ def load_model(
             # FSDP / ZeRO-3 shard the packed 4-bit weights, which needs them stored in the compute dtype; the engine
             # places the shards, so no device_map.
             if model_args.bnb_4bit_quant_storage is None:
-                raise ValueError("QLoRA under FSDP or DeepSpeed ZeRO-3 needs bnb_4bit_quant_storage: bfloat16")
+                raise ValueError(
+                    "QLoRA under FSDP or DeepSpeed ZeRO-3 needs the packed 4-bit weights stored in the compute dtype: "
+                    f"bnb_4bit_quant_storage: {model_args.dtype}"
+                )
         elif torch.cuda.is_available() and not training_args.use_cpu:
             # One full copy per process (single GPU, DDP), on this process's GPU.
             kwargs["device_map"] = _this_process_gpu()

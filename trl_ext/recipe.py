@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from trl_ext import models
+from trl_ext import engines, models
 from trl_ext.model_card import ModelCard, render
 
 if TYPE_CHECKING:
@@ -160,6 +160,7 @@ def parse(parser: TrlParser, argv: Sequence[str] | None = None, script: str | No
     logger.setLevel(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     transformers.set_seed(training_args.seed)  # before the model: LoRA initialisation draws from torch's RNG
+    engines.configure(training_args)  # CPU processes: the engine the launch asked for, not a silent DDP
 
     training_args.resume_from_checkpoint = resolve_checkpoint(
         training_args.resume_from_checkpoint, training_args.output_dir
@@ -308,7 +309,7 @@ class NonFiniteLossCallback(TrainerCallback):
 
 def callbacks() -> list[TrainerCallback]:
     """The callbacks every recipe passes to its trainer."""
-    return [NonFiniteLossCallback()]
+    return [NonFiniteLossCallback(), engines.EngineReportCallback()]
 
 
 def train(trainer: Trainer) -> dict[str, float]:

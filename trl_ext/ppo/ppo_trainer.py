@@ -520,6 +520,8 @@ class PPOTrainer(MetricsMixin, _BaseTrainer):
         and the KL coefficient go beside it, for resuming."""
         output_dir = output_dir or self.args.output_dir
         model = self.accelerator.unwrap_model(self.model)
+        # Under FSDP the head's parameters are shards: take it from the gathered state dict `save_model` passes.
+        head = {k.removeprefix("value_head."): v for k, v in (state_dict or {}).items() if k.startswith("value_head.")}
         if not is_peft_model(model):
             state_dict = state_dict if state_dict is not None else model.state_dict()
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith("value_head.")}
@@ -527,7 +529,7 @@ class PPOTrainer(MetricsMixin, _BaseTrainer):
         if self.args.should_save:
             from safetensors.torch import save_file
 
-            head = {k: v.detach().cpu().contiguous() for k, v in model.value_head.state_dict().items()}
+            head = {k: v.detach().cpu().contiguous() for k, v in (head or model.value_head.state_dict()).items()}
             save_file(head, os.path.join(output_dir, VALUE_HEAD_FILE))
             with open(os.path.join(output_dir, PPO_STATE_FILE), "w") as f:
                 json.dump({"kl_coef": self.kl_coef}, f)

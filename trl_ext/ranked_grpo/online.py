@@ -94,8 +94,13 @@ class RewardModelScorer:
 
     def attach(self, trainer: Trainer) -> RewardModelScorer:
         """Read the group size (`num_generations`, or `num_generations_eval` while evaluating) and the processes from
-        the `trl.GRPOTrainer` this scorer rewards; needed with `rank_within_group` (groups span processes)."""
+        the `trl.GRPOTrainer` this scorer rewards (needed with `rank_within_group`: groups span processes), and place
+        the reward model for the trainer's engine as TRL places its own reward models (under ZeRO-3 its weights are
+        partitioned at load time and only a DeepSpeed engine can run it)."""
+        from trl_ext.trainer_utils import prepare_reference_model
+
         self.trainer = trainer
+        self.model = prepare_reference_model(trainer, self.model)
         return self
 
     def _group_size(self) -> int:

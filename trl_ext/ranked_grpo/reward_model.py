@@ -80,7 +80,7 @@ def reward_config(
     }
     if inherited.get("report_to") == []:
         inherited["report_to"] = "none"
-    return RewardConfig(
+    config = RewardConfig(
         **inherited,
         output_dir=output_dir,
         learning_rate=reward_args.reward_learning_rate,
@@ -91,6 +91,10 @@ def reward_config(
         save_strategy="no",
         eval_strategy="no",
     )
+    from trl_ext import engines
+
+    engines.configure(config)  # building training arguments resets accelerate's state: the engine again
+    return config
 
 
 def reward_model_for(
@@ -116,6 +120,14 @@ def reward_model_for(
     if path is not None:
         return models.load_reward_model_for_run(path, model_args, training_args)
 
+    from trl_ext import engines
+
+    if engines.deepspeed_requested():
+        # accelerate allows one DeepSpeed Accelerator per process; the policy's trainer would be the second.
+        raise ValueError(
+            "online GRPO cannot train its reward model in the same run under DeepSpeed: train it first "
+            "(recipes/reward.py, or this recipe without DeepSpeed) and pass reward_model_path"
+        )
     rm_args = reward_config(training_args, reward_args, saved)
     model = models.load_model(model_args, rm_args, head="seq-cls", num_labels=1, tokenizer=tokenizer)
     trainer_cls: Any
