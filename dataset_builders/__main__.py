@@ -20,6 +20,7 @@ from typing import Any
 from .api import inspect, load_with_report
 from .convert import METHODS, PAIR_STRATEGIES
 from .errors import DataError
+from .formats import BY_NAME
 from .shapes import ALL_SHAPES
 
 
@@ -54,6 +55,18 @@ def _parser() -> argparse.ArgumentParser:
             help="chat message lists instead of plain strings (HH-RLHF: parse the turns)",
         )
         sub.add_argument("--score-key", help="UltraFeedback-style import: the score field of each completion")
+        sub.add_argument(
+            "--format",
+            choices=list(BY_NAME),
+            help="another project's layout (detected when its fields are unambiguous; docs/data.md lists them)",
+        )
+        sub.add_argument("--prefer", choices=("better", "safer"), help="PKU-SafeRLHF: which preference to train on")
+        sub.add_argument(
+            "--columns",
+            type=_column_map,
+            metavar="OURS=YOURS,...",
+            help="use your fields as ours, e.g. prompt=Question,chosen=Good,rejected=Bad",
+        )
 
     inspect_cmd = commands.add_parser("inspect", help="shape, rows, length statistics and problems found")
     common(inspect_cmd)
@@ -85,7 +98,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _column_map(text: str) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected ours=yours[,ours=yours...], got {text!r}")
+    return {ours.strip(): yours.strip() for ours, yours in pairs}
+
+
 _OPTION_FLAGS = (
+    "format",
+    "prefer",
+    "columns",
     "split",
     "ranking_format",
     "allow_ties",
@@ -107,7 +130,11 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 def _print_inspect(info: dict[str, Any]) -> None:
     print(f"source:   {info['source']}")
     print(f"shape:    {info['shape']}" + (f" (imported as {info['imported_as']})" if "imported_as" in info else ""))
+    if "format" in info:
+        print(f"format:   {info['format']}")
     print(f"rows:     {info['rows']} ({info['valid_rows']} valid)")
+    if info.get("unused_fields"):
+        print(f"unused:   {', '.join(info['unused_fields'])} (not in the training data)")
     print(f"columns:  {', '.join(info['columns'])}")
     if "conversational" in info:
         print(f"form:     {'conversational (message lists)' if info['conversational'] else 'standard (strings)'}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import datasets
@@ -31,6 +32,9 @@ OPTIONS = {
     "split": None,  # for Hub ids, DatasetDicts and save_to_disk folders holding several splits
     "score_key": None,  # UltraFeedback-style import: the completion field holding the score
     "sft_target_rejected": ("refuse", "swap"),  # orpo: what sft_target "rejected" means (see resolve_sft_target)
+    "format": None,  # another project's layout by name (formats.BY_NAME); detected when its fields are unambiguous
+    "prefer": ("better", "safer"),  # PKU-SafeRLHF: which of its two preferences to train on
+    "columns": None,  # {our field: the source's field}: rename before anything else
 }
 
 
@@ -48,15 +52,30 @@ class LoadReport:
     problems: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     kto: dict[str, Any] | None = None
+    format: str | None = None  # another project's layout, when the rows were converted from one
+    unused_fields: list[str] = field(default_factory=list)  # source fields that layout's mapping does not use
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def _check_options(options: dict[str, Any]) -> None:
+    from .formats import BY_NAME
+
     for key, value in options.items():
         if key not in OPTIONS:
             raise TypeError(f"unknown option {key!r}; options are: {', '.join(OPTIONS)}")
+        if key == "format" and value is not None and value not in BY_NAME:
+            raise ValueError(f"option format={value!r}: expected one of {', '.join(BY_NAME)}")
+        if (
+            key == "columns"
+            and value is not None
+            and (
+                not isinstance(value, dict)
+                or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+            )
+        ):
+            raise ValueError(f"option columns: expected {{our field: your field}} (strings), got {value!r}")
         allowed = OPTIONS[key]
         if allowed is not None and value is not None and value not in allowed:
             raise ValueError(f"option {key}={value!r}: expected one of {allowed}")
@@ -83,6 +102,35 @@ def _check_sft_target_rejected(piece: Source, choice: str) -> None:
         )
 
 
+def _rename_columns(src: Source, columns: dict[str, str] | None) -> Source:
+    """`columns={"prompt": "Question", ...}`: the source's fields renamed to ours (a field we name that is missing
+    is an error naming the fields there are; a field of ours already present is replaced by the mapped one)."""
+    if not columns:
+        return src
+    table = src.table
+    names = table.column_names
+    for ours, theirs in columns.items():
+        if theirs not in names:
+            raise DataError(src.name, f"columns: no field {theirs!r} to use as {ours!r} (fields: {', '.join(names)})")
+    renamed = {theirs: ours for ours, theirs in columns.items()}
+    clashing = [n for n in names if n in columns and n not in renamed]
+    table = table.drop_columns(clashing) if clashing else table
+    table = table.rename_columns([renamed.get(n, n) for n in table.column_names])
+    return replace(src, table=table)
+
+
+def _resolve_format(src: Source, shape: str | None, options: dict[str, Any]):
+    """The other project's layout these rows are in: named by `format=`, else detected (unless a shape was given)."""
+    from .formats import BY_NAME, detect_format
+
+    name = options.get("format")
+    if name is not None:
+        return BY_NAME[name]
+    if shape is not None:
+        return None
+    return detect_format(src.table.column_names, first_row(src.table))
+
+
 def _resolve_shape(src: Source, shape: str | None) -> str:
     if shape is None:
         return detect_columns(src.table.column_names, first_row(src.table), src.name)
@@ -102,7 +150,7 @@ def _implicit_prompt(src: Source, shape: str) -> Source:
     if (
         shape in PAIR_SHAPES
         and "prompt" not in columns
-        and "chosen" in columns
+        and {"chosen", "rejected"} <= set(columns)  # one missing: validation names it
         and is_messages_type(table.column("chosen").type)
     ):
         from .importers import extract_implicit_prompt
@@ -111,11 +159,23 @@ def _implicit_prompt(src: Source, shape: str) -> Source:
     return src
 
 
+def _source_name(source: Any) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"
+
+
+def _describe(fmt) -> str:
+    from .formats import describe
+
+    return describe(fmt)
+
+
 def detect(source: Any) -> str:
     """The shape of `source` from its fields: one of pairwise_ab, pairs, pairs_with_lengths, binary,
     pairs_sft_target, ranked; or hh_rlhf / ultrafeedback (public formats `load` imports); or prompt_completion,
     messages, prompts (what SFT / PPO take directly)."""
-    return _resolve_shape(read(source, stream=True), None)  # a streamed file: its first block is enough
+    src = read(source, stream=True)  # a streamed file: its first block is enough
+    fmt = _resolve_format(src, None, {})
+    return fmt.shape if fmt is not None and not fmt.refusal else _resolve_shape(src, None)
 
 
 def load_with_report(
@@ -127,24 +187,39 @@ def load_with_report(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     on_error = options.get("on_error") or "raise"
     try:
-        src = read(source, on_error=on_error, split=options.get("split"), stream=True)
-        return _load(src, method, shape, options)
-    except StreamFailed as failure:  # a later block of a JSONL file: start again on the whole-file path
-        logger.debug("streaming %s stopped (%s); reading it whole", source, failure)
-        return _load(read(source, on_error=on_error, split=options.get("split")), method, shape, options)
+        try:
+            src = read(source, on_error=on_error, split=options.get("split"), stream=True)
+            return _load(src, method, shape, options)
+        except StreamFailed as failure:  # a later block of a JSONL file: start again on the whole-file path
+            logger.debug("streaming %s stopped (%s); reading it whole", source, failure)
+            return _load(read(source, on_error=on_error, split=options.get("split")), method, shape, options)
+    except UnicodeDecodeError as error:  # Arrow can hold bytes that are not UTF-8 (a field name, a value) until used
+        raise DataError(_source_name(source), f"is not UTF-8 text ({error.reason}); save it as UTF-8") from None
 
 
 def _load(
     src: Source, method: str | None, shape: str | None, options: dict[str, Any]
 ) -> tuple[datasets.Dataset, LoadReport]:
     on_error = options.get("on_error") or "raise"
-    shape = _resolve_shape(src, shape)
-    report = LoadReport(source=src.name, shape=shape, method=method)
+    src = _rename_columns(src, options.get("columns"))
+    fmt = _resolve_format(src, shape, options)
+    shape = fmt.shape if fmt is not None and not fmt.refusal else _resolve_shape(src, shape)
+    report = LoadReport(source=src.name, shape=shape, method=method, format=fmt.name if fmt else None)
     outputs = []
+    unused: set[str] = set()
     for piece in src.pieces():  # one piece, or the blocks of a streamed JSONL file, in order
         report.rows_in += piece.table.num_rows + len(piece.dropped)
         piece_shape = shape
-        if shape in IMPORT_FORMATS:
+        if piece.offset:  # a later block of a streamed file: the same renaming as the first
+            piece = _rename_columns(piece, options.get("columns"))
+        if fmt is not None:
+            from .formats import apply_format
+
+            piece, piece_unused, problems = apply_format(piece, fmt, options, on_error)
+            unused |= piece_unused
+            report.dropped += len(problems)
+            report.problems += problems[: max(0, 20 - len(report.problems))]
+        elif shape in IMPORT_FORMATS:
             from .importers import import_source
 
             piece, piece_shape = import_source(piece, shape, options)
@@ -160,6 +235,8 @@ def _load(
         )
         report.dropped += checked.dropped
         report.problems += checked.problems[: max(0, 20 - len(report.problems))]
+        if checked.table.num_rows == 0:
+            continue  # a block whose every row was dropped adds nothing (and its columns may have any type)
         table = harmonize(checked.table, conversational=bool(options.get("conversational")))
         if method is not None:
             try:
@@ -167,11 +244,32 @@ def _load(
             except Refusal as refusal:
                 raise DataError(src.name, str(refusal)) from None
         outputs.append(table)
+    report.unused_fields = sorted(unused)
+    if fmt is not None:
+        logger.info("%s: read as %s", src.name, _describe(fmt))
+    if report.unused_fields:
+        logger.info(
+            "%s: field(s) the %s mapping does not use, left out of the training data: %s",
+            src.name,
+            fmt.name if fmt else shape,
+            ", ".join(report.unused_fields),
+        )
     if report.dropped:
         logger.warning(
             "%s: dropped %d invalid row(s) (on_error='drop'); first: %s", src.name, report.dropped, report.problems[0]
         )
-    table = outputs[0] if len(outputs) == 1 else pa.concat_tables(outputs, promote_options="permissive")
+    table = (
+        outputs[0]
+        if len(outputs) == 1
+        else pa.concat_tables(outputs, promote_options="permissive")
+        if outputs
+        else None
+    )
+    if table is None or table.num_rows == 0:
+        raise DataError(
+            src.name,
+            f"no rows left for {method or shape} (read {report.rows_in}, dropped {report.dropped}, left out {report.skipped})",
+        )
     # datasets would hash the whole table for a fingerprint (a copy, and seconds for a million rows); the rows
     # live in memory, so no cache file is keyed on it and a random one is what datasets itself falls back to.
     dataset = datasets.Dataset(table, fingerprint=generate_random_fingerprint())
@@ -273,10 +371,19 @@ def inspect(source: Any, shape: str | None = None, **options: Any) -> dict[str, 
     conversational, length statistics (characters), the problems found (all of them, counted; the first few
     quoted) and which methods the data can serve. Raises `DataError` only when the source cannot be read."""
     _check_options(options)
-    src = read(source, on_error="drop", split=options.get("split"))
-    shape = _resolve_shape(src, shape)
+    src = _rename_columns(read(source, on_error="drop", split=options.get("split")), options.get("columns"))
+    fmt = _resolve_format(src, shape, options)
+    shape = fmt.shape if fmt is not None and not fmt.refusal else _resolve_shape(src, shape)
     info: dict[str, Any] = {"source": src.name, "shape": shape, "rows": src.table.num_rows + len(src.dropped)}
-    if shape in ("hh_rlhf", "ultrafeedback"):
+    format_problems: list[str] = []
+    if fmt is not None:
+        from .formats import apply_format
+
+        info["format"] = _describe(fmt)
+        src, unused, format_problems = apply_format(src, fmt, options, on_error="drop")
+        info["unused_fields"] = sorted(unused)
+        info["rows_converted"] = src.table.num_rows  # a message tree can hold several ranked groups
+    elif shape in ("hh_rlhf", "ultrafeedback"):
         from .importers import import_source
 
         src, info["imported_as"] = import_source(src, shape, options)
@@ -289,9 +396,9 @@ def inspect(source: Any, shape: str | None = None, **options: Any) -> dict[str, 
         ranking_format=options.get("ranking_format") or "ranks",
     )
     info["columns"] = src.table.column_names
-    info["valid_rows"] = info["rows"] - checked.dropped
-    info["problem_count"] = checked.dropped
-    info["problems"] = checked.problems[:20]
+    info["valid_rows"] = (src.table.num_rows if fmt is not None else info["rows"]) - checked.dropped
+    info["problem_count"] = checked.dropped + len(format_problems)
+    info["problems"] = (format_problems + checked.problems)[:20]
     if checked.dropped:
         info["problems_by_field"] = checked.problem_counts
     if info["valid_rows"] > 0:  # statistics and methods from the valid rows

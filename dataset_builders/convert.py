@@ -173,7 +173,7 @@ def ranked_to_pairs(table: pa.Table, strategy: str, skipped: dict[str, int]) -> 
 
 
 def _empty_pairs(table: pa.Table) -> pa.Table:
-    item = table.column("responses").type.value_type
+    item = getattr(table.column("responses").type, "value_type", pa.string())  # no rows left: Arrow may type it null
     return pa.table(
         {
             "prompt": table.column("prompt").slice(0, 0),

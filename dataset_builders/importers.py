@@ -72,6 +72,9 @@ def hh_split_messages(chosen: str, rejected: str) -> tuple[list, list, list]:
 
 
 def import_hh(src: Source, conversational: bool) -> Source:
+    for name in ("chosen", "rejected"):
+        if name not in src.table.column_names:
+            raise src.error("missing (HH-RLHF transcripts come as chosen and rejected)", index=0, field=name)
     chosen, rejected = src.table.column("chosen"), src.table.column("rejected")
     for name, column in (("chosen", chosen), ("rejected", rejected)):
         if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
@@ -103,6 +106,17 @@ _TEXT_KEYS = ("response", "text", "content", "completion")
 def import_scored(src: Source, score_key: str | None) -> Source:
     """UltraFeedback-style rows -> ranked: rank = 1 + the number of completions that scored strictly higher."""
     table = src.table
+    if "completions" not in table.column_names:
+        from .formats import detect_format
+
+        fmt = detect_format(table.column_names, table.slice(0, 1).to_pylist()[0] if table.num_rows else None)
+        hint = f"; these rows look like {fmt.project}: pass format={fmt.name}" if fmt else ""
+        raise src.error(
+            f"missing (the ultrafeedback shape needs 'prompt' or 'instruction' and 'completions'; found "
+            f"{', '.join(table.column_names)}){hint}",
+            index=0,
+            field="completions",
+        )
     prompt_field = "prompt" if "prompt" in table.column_names else "instruction"
     if prompt_field not in table.column_names:
         raise src.error(

@@ -86,7 +86,12 @@ class Source:
         return index + 1
 
     def error(self, reason: str, index: int | None = None, field: str | None = None) -> DataError:
-        row = None if index is None else self.locate(index)
+        row = None
+        if index is not None:
+            try:
+                row = self.locate(index)
+            except IndexError:  # no such row (every row was dropped while reading): none to name
+                row = None
         return DataError(self.name, reason, row=row, field=field, unit=self.unit)
 
     def pieces(self) -> Iterator[Source]:
@@ -98,6 +103,7 @@ class Source:
         while True:
             try:
                 batch = next(self.rest)
+                batch.validate(full=True)  # pyarrow 26 can build invalid arrays from objects of varying nesting
             except StopIteration:
                 return
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as e:
@@ -153,7 +159,10 @@ def read(source: Any, on_error: str = "raise", split: str | None = None, stream:
         "csv": _read_csv,
         "parquet": _read_parquet,
     }
-    return reader[kind](path, name, on_error)
+    try:
+        return reader[kind](path, name, on_error)
+    except UnicodeDecodeError as error:
+        raise DataError(name, f"is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8") from None
 
 
 def _file_kind(path: Path) -> str | None:
@@ -169,8 +178,8 @@ def _is_gz(path: Path) -> bool:
 
 def _open_text(path: Path):
     if _is_gz(path):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")  # utf-8-sig: a byte-order mark is not data
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 def _read_text(path: Path, name: str) -> str:
@@ -194,11 +203,12 @@ def _starts_with_an_object(path: Path) -> bool:
     parsed line by line instead, which names the line.
     """
     try:
-        with _open_text(path) as f:
+        # bytes, not text: a first line that is not UTF-8 must not send the file to Arrow unchecked
+        with gzip.open(path, "rb") if _is_gz(path) else open(path, "rb") as f:
             for line in f:
                 if line.strip():
-                    return line.lstrip().startswith("{")
-    except (OSError, EOFError, UnicodeDecodeError):
+                    return line.lstrip().startswith(b"{")  # a byte-order mark first: parsed line by line too
+    except (OSError, EOFError):
         return True  # let the normal path report what is wrong with the file
     return True
 
@@ -212,6 +222,7 @@ def _read_jsonl(path: Path, name: str, on_error: str) -> Source:
     try:
         with pa.input_stream(str(path), compression="gzip" if _is_gz(path) else None) as stream:
             table = pa_json.read_json(stream, read_options=pa_json.ReadOptions(block_size=_JSONL_BLOCK_SIZE))
+        table.validate(full=True)  # pyarrow 26 can build an invalid table from objects of varying nesting
         return Source(name, table, unit="line", path=path)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as arrow_error:
         # Arrow refuses: parse line by line, to name the line and the field (or drop the bad lines).
@@ -230,6 +241,7 @@ def _stream_jsonl(path: Path, name: str) -> Source | None:
         stream = pa.input_stream(str(path), compression="gzip" if _is_gz(path) else None)
         reader = pa_json.open_json(stream, read_options=pa_json.ReadOptions(block_size=STREAM_BLOCK_SIZE))
         first = reader.read_next_batch()
+        first.validate(full=True)  # see _read_jsonl
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError, StopIteration):
         return None
     return Source(name, pa.Table.from_batches([first]), unit="line", path=path, rest=iter(reader))
@@ -265,7 +277,8 @@ def _parse_jsonl_lines(path: Path, name: str, on_error: str) -> tuple[list[dict]
 def _jsonl_line_numbers(path: Path) -> np.ndarray:
     """1-based line number of each JSON row (blank lines hold no row; Arrow skips them too)."""
     numbers = []
-    with _open_text(path) as f:
+    # bytes: only newlines and blanks matter here, and a file that is not UTF-8 must still be countable
+    with gzip.open(path, "rb") if _is_gz(path) else open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
             if line.strip():
                 numbers.append(number)
@@ -490,7 +503,7 @@ def _rows_to_source(rows: list, name: str, unit: str, numbers: Any, on_error: st
                 coerced = True
                 if _labels_to_strings(rows):
                     continue
-            bad = _inconsistent_rows(rows)
+            bad = _inconsistent_rows(rows) or _first_nested_misfit(rows)
             if not bad:
                 raise DataError(name, f"cannot build a table from the rows ({arrow_error})") from None
             for i, field_name, reason in bad:  # raises at the first unless on_error="drop"
@@ -521,8 +534,13 @@ def _joined_surrogates(value: Any, field: str | None = None) -> Any:
             return value.encode("utf-16", "surrogatepass").decode("utf-16")
         except UnicodeDecodeError:
             raise _LoneSurrogate(field) from None
-    if isinstance(value, dict):
-        return {k: _joined_surrogates(v, field if field is not None else str(k)) for k, v in value.items()}
+    if isinstance(value, dict):  # keys too: a field name can carry an escaped emoji
+        return {
+            _joined_surrogates(k, field) if isinstance(k, str) else k: _joined_surrogates(
+                v, field if field is not None else str(k)
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_joined_surrogates(v, field) for v in value]
     return value
@@ -587,6 +605,31 @@ def _inconsistent_rows(rows: list[dict]) -> list[tuple[int, str, str]]:
                 found.append((i, key, reason))
                 break
     return found
+
+
+def _first_nested_misfit(rows: list[dict]) -> list[tuple[int, str, str]]:
+    """The first row whose field holds a value shaped differently inside (a nested field that is a number in earlier
+    rows and a string here, ...) from the rows before it: the smallest prefix of the column Arrow refuses, found by
+    bisection."""
+
+    def fits(values: list) -> bool:
+        try:
+            pa.array(values)
+            return True
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+            return False
+
+    for key in dict.fromkeys(k for row in rows for k in row):
+        values = [row.get(key) for row in rows]
+        if fits(values):
+            continue
+        lo, hi = 1, len(values)  # values[:lo] fits, values[:hi] does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(values[:mid]) else (lo, mid)
+        i = hi - 1
+        return [(i, key, f"holds a value shaped differently inside from the rows before it ({short(values[i])}); use one form per field")]  # fmt: skip
+    return []
 
 
 def _value_problem(key: str, value: Any, usual: str | None) -> str | None:

@@ -144,6 +144,21 @@ def text_checks(column: pa.ChunkedArray, field: str) -> list[Check]:
     if _is_text_type(t):
         return [_missing(column, field), Check(field, _np(pc.equal(pc.binary_length(column), 0)), lambda i: "empty")]
     if is_messages_type(t):
+        item = t.value_type
+        content = item.field("content").type if item.get_field_index("content") >= 0 else pa.string()
+        if not _is_text_type(item.field("role").type) or not (
+            _is_text_type(content) or pa.types.is_null(content) or pa.types.is_list(content)
+        ):
+            return [
+                _missing(column, field),
+                Check(
+                    field,
+                    ~_np(column.is_null()),
+                    lambda i: (
+                        f"a message's role must be a string and its content text, got {short(_value(column, i))}"
+                    ),
+                ),
+            ]
         lengths = _np_lengths(column)
         checks = [
             _missing(column, field),
@@ -454,6 +469,8 @@ def validate(
 
 
 def _normalize(table: pa.Table, shape: str, ranking_format: str, ranks: np.ndarray | None) -> pa.Table:
+    if table.num_rows == 0:  # every row dropped: columns may have any type, and there is nothing to normalize
+        return table
     names = table.column_names
     if "preference" in names:
         table = table.set_column(

@@ -76,8 +76,12 @@ class RecipeArguments:
             `save_to_disk`, or a Hub dataset id; read by `dataset_builders.load`.
         dataset_shape: One of the input shapes (`pairs`, `pairwise_ab`, ...); detected when left out.
         dataset_split: Split to read from a Hub dataset.
+        dataset_format: Another project's layout (`openai_dpo`, `ms_swift_rlhf`, `llamafactory_sharegpt_pairs`,
+            ... as docs/data.md lists); detected when its fields are unambiguous.
+        dataset_columns: Your fields used as ours: a YAML mapping `{prompt: Question, chosen: Good, rejected: Bad}`
+            or, on the command line, `prompt=Question,chosen=Good,rejected=Bad`.
         dataset_options: Extra keyword arguments for `dataset_builders.load` (a mapping in YAML, JSON on the command
-            line), e.g. `{"drop_invalid": true}`.
+            line), e.g. `{"on_error": "drop"}`.
         eval_dataset_path: A separate evaluation set (same forms as `dataset_path`).
         eval_fraction: Without `eval_dataset_path`, hold out this fraction of the training rows (seeded split).
         max_train_samples / max_eval_samples: Keep only the first N rows (after the split); for quick runs.
@@ -93,6 +97,14 @@ class RecipeArguments:
         metadata={"help": "Input shape of the data (pairs, pairwise_ab, binary, ...); detected if unset."},
     )
     dataset_split: str = field(default="train", metadata={"help": "Split to read from a Hub dataset."})
+    dataset_format: str | None = field(
+        default=None,
+        metadata={"help": "Another project's layout (openai_dpo, ms_swift_rlhf, ...); detected when unambiguous."},
+    )
+    dataset_columns: dict | str | None = field(
+        default=None,
+        metadata={"help": "Your fields as ours: a YAML mapping, or prompt=Question,chosen=Good,rejected=Bad."},
+    )
     dataset_options: dict | str | None = field(
         default=None, metadata={"help": "Extra options for dataset_builders.load: a YAML mapping or a JSON string."}
     )
@@ -115,6 +127,11 @@ class RecipeArguments:
     def __post_init__(self):
         if isinstance(self.dataset_options, str):
             self.dataset_options = json.loads(self.dataset_options) if self.dataset_options.strip() else None
+        if isinstance(self.dataset_columns, str):
+            pairs = [item.split("=", 1) for item in self.dataset_columns.split(",") if item.strip()]
+            if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+                raise ValueError(f"dataset_columns: expected ours=yours[,ours=yours...], got {self.dataset_columns!r}")
+            self.dataset_columns = {ours.strip(): yours.strip() for ours, yours in pairs} or None
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
 
@@ -236,6 +253,10 @@ def load_datasets(
     options = dict(recipe_args.dataset_options or {})
     if recipe_args.dataset_split != "train":
         options.setdefault("split", recipe_args.dataset_split)
+    if recipe_args.dataset_format:
+        options["format"] = recipe_args.dataset_format
+    if recipe_args.dataset_columns:
+        options["columns"] = dict(recipe_args.dataset_columns)
 
     recipe_args.data_reports = []
 
