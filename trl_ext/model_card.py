@@ -101,7 +101,9 @@ def render(card: ModelCard) -> str:
         *(
             f"  - `{r['source']}`: shape `{r['shape']}`, {r['rows_in']} rows read, {r['dropped']} dropped as invalid, "
             f"{r['rows_out']} rows for {r['method']}"
+            + (f", {r['used']} of them used in the mixture" if r.get("used") is not None else "")
             + (f" (left out by the mapping: {r['skipped']})" if r.get("skipped") else "")
+            + (f"; read as {r['format']}" if r.get("format") else "")
             for r in card.data_reports
         ),
         rows + (f" (from `{card.eval_source}`)" if card.eval_source else ""),

@@ -40,7 +40,7 @@ import os
 import shlex
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +68,38 @@ _SECRET_FLAGS = ("--hub_token",)
 
 
 @dataclass
+class MixtureSource:
+    """One source of a `dataset_mixture`: where, in which layout, and how much of it."""
+
+    path: str
+    format: str | None = None
+    columns: dict | None = None
+    shape: str | None = None
+    options: dict | None = None
+    rows: int | None = None
+    fraction: float | None = None
+
+    @classmethod
+    def parse(cls, entry: Any, index: int) -> MixtureSource:
+        if isinstance(entry, MixtureSource):
+            return entry
+        known = {f.name for f in fields(cls)}
+        if not isinstance(entry, dict) or "path" not in entry:
+            raise ValueError(f"dataset_mixture[{index}]: expected a mapping with a path, got {entry!r}")
+        unknown = sorted(set(entry) - known)
+        if unknown:
+            raise ValueError(f"dataset_mixture[{index}]: unknown key(s) {unknown}; keys are {sorted(known)}")
+        source = cls(**entry)
+        if source.rows is not None and source.fraction is not None:
+            raise ValueError(f"dataset_mixture[{index}] ({source.path}): give rows or fraction, not both")
+        if source.rows is not None and (not isinstance(source.rows, int) or source.rows < 1):
+            raise ValueError(f"dataset_mixture[{index}] ({source.path}): rows must be a positive integer")
+        if source.fraction is not None and not 0 < float(source.fraction) <= 1:
+            raise ValueError(f"dataset_mixture[{index}] ({source.path}): fraction must be in (0, 1]")
+        return source
+
+
+@dataclass
 class RecipeArguments:
     """Arguments every recipe takes besides its TRL config and `trl.ModelConfig`.
 
@@ -82,6 +114,9 @@ class RecipeArguments:
             or, on the command line, `prompt=Question,chosen=Good,rejected=Bad`.
         dataset_options: Extra keyword arguments for `dataset_builders.load` (a mapping in YAML, JSON on the command
             line), e.g. `{"on_error": "drop"}`.
+        dataset_mixture: Several sources instead of `dataset_path`: a YAML list (JSON on the command line) of
+            `{path, format, columns, shape, options, rows | fraction}`; each source is read with its own layout,
+            `rows` (a count) or `fraction` (of its rows) are drawn with the seed, and the mixture is shuffled.
         eval_dataset_path: A separate evaluation set (same forms as `dataset_path`).
         eval_fraction: Without `eval_dataset_path`, hold out this fraction of the training rows (seeded split).
         max_train_samples / max_eval_samples: Keep only the first N rows (after the split); for quick runs.
@@ -108,6 +143,10 @@ class RecipeArguments:
     dataset_options: dict | str | None = field(
         default=None, metadata={"help": "Extra options for dataset_builders.load: a YAML mapping or a JSON string."}
     )
+    dataset_mixture: list | str | None = field(
+        default=None,
+        metadata={"help": "Several sources: a YAML list of {path, format, columns, shape, options, rows|fraction}."},
+    )
     eval_dataset_path: str | None = field(default=None, metadata={"help": "Separate evaluation data."})
     eval_fraction: float = field(
         default=0.0, metadata={"help": "Hold out this fraction of the training data for evaluation (seeded)."}
@@ -127,6 +166,10 @@ class RecipeArguments:
     def __post_init__(self):
         if isinstance(self.dataset_options, str):
             self.dataset_options = json.loads(self.dataset_options) if self.dataset_options.strip() else None
+        if isinstance(self.dataset_mixture, str):
+            self.dataset_mixture = json.loads(self.dataset_mixture) if self.dataset_mixture.strip() else None
+        if self.dataset_mixture is not None:
+            self.dataset_mixture = [MixtureSource.parse(entry, k) for k, entry in enumerate(self.dataset_mixture)]
         if isinstance(self.dataset_columns, str):
             pairs = [item.split("=", 1) for item in self.dataset_columns.split(",") if item.strip()]
             if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
@@ -248,7 +291,9 @@ def load_datasets(
     """
     import dataset_builders
 
-    if not recipe_args.dataset_path:
+    if recipe_args.dataset_mixture and recipe_args.dataset_path:
+        raise ValueError("give dataset_path or dataset_mixture, not both")
+    if not recipe_args.dataset_path and not recipe_args.dataset_mixture:
         raise ValueError("dataset_path is required (a data file, a save_to_disk folder or a Hub dataset id)")
     options = dict(recipe_args.dataset_options or {})
     if recipe_args.dataset_split != "train":
@@ -267,7 +312,10 @@ def load_datasets(
         recipe_args.data_reports.append(report.to_dict())
         return dataset
 
-    train = read(packaged_data(recipe_args.dataset_path))
+    if recipe_args.dataset_mixture:
+        train = _mixture(recipe_args, method, options, seed)
+    else:
+        train = read(packaged_data(recipe_args.dataset_path))
     if recipe_args.eval_dataset_path:
         evaluation = read(packaged_data(recipe_args.eval_dataset_path))
     elif recipe_args.eval_fraction > 0:
@@ -283,6 +331,46 @@ def load_datasets(
         raise ValueError(f"{recipe_args.dataset_path}: no training rows")
     logger.info("Data: %d training rows, %s evaluation rows", len(train), len(evaluation) if evaluation else 0)
     return train, evaluation
+
+
+def _mixture(recipe_args: RecipeArguments, method: str, options: dict[str, Any], seed: int) -> datasets.Dataset:
+    """The sources of `dataset_mixture`, each read with its own layout and options, `rows` or `fraction` of each
+    drawn with the seed, concatenated and shuffled. Each source's report gains `used` (rows in the mixture)."""
+    import datasets as hf_datasets
+
+    import dataset_builders
+
+    parts = []
+    for k, source in enumerate(recipe_args.dataset_mixture):
+        source_options = {**options, **(source.options or {})}
+        if source.format:
+            source_options["format"] = source.format
+        if source.columns:
+            source_options["columns"] = dict(source.columns)
+        dataset, report = dataset_builders.load_with_report(
+            packaged_data(source.path),
+            method=method,
+            shape=source.shape or recipe_args.dataset_shape,
+            **source_options,
+        )
+        available = len(dataset)
+        if source.rows is not None and source.rows > available:
+            raise ValueError(f"dataset_mixture[{k}] ({source.path}): rows {source.rows} asked, {available} available")
+        used = source.rows if source.rows is not None else available
+        if source.fraction is not None:
+            used = max(1, round(float(source.fraction) * available))
+        dataset = dataset.shuffle(seed=seed + k).select(range(used)) if used < available else dataset
+        recipe_args.data_reports.append({**report.to_dict(), "used": used})
+        parts.append((source.path, dataset))
+    first_path, first = parts[0]
+    for path, dataset in parts[1:]:
+        if dataset.features != first.features:
+            raise ValueError(
+                f"dataset_mixture: {path} gives {dict(dataset.features)} but {first_path} gives {dict(first.features)}; "
+                "every source must give the same columns (options: {conversational: true} makes plain strings chat "
+                "messages)"
+            )
+    return hf_datasets.concatenate_datasets([d for _, d in parts]).shuffle(seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------ training guard
@@ -459,7 +547,9 @@ def model_card(
         quantization = f"4-bit {model_args.bnb_4bit_quant_type.upper()}{nested}, compute in {model_args.dtype}"
     else:
         quantization = "8-bit" if model_args.load_in_8bit else str(model_args.dtype)
-    dataset = recipe_args.dataset_path
+    dataset = recipe_args.dataset_path or (
+        f"a mixture of {len(recipe_args.dataset_mixture)} sources" if recipe_args.dataset_mixture else None
+    )
     return render(
         ModelCard(
             name=Path(training_args.output_dir).name,
@@ -470,7 +560,7 @@ def model_card(
             is_adapter=is_adapter,
             dataset=dataset,
             dataset_shape=recipe_args.dataset_shape,
-            hub_dataset=bool(dataset) and not os.path.exists(dataset),
+            hub_dataset=bool(recipe_args.dataset_path) and not os.path.exists(recipe_args.dataset_path),
             data_reports=list(recipe_args.data_reports),
             train_rows=row_counts.get("train"),
             eval_rows=row_counts.get("eval"),
