@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
             help="another project's layout (detected when its fields are unambiguous; docs/data.md lists them)",
         )
         sub.add_argument("--prefer", choices=("better", "safer"), help="PKU-SafeRLHF: which preference to train on")
+        sub.add_argument("--dataset-name", help="SOURCE is a LLaMA-Factory dataset_info.json: the entry to read")
         sub.add_argument(
             "--columns",
             type=_column_map,
@@ -106,6 +107,7 @@ def _column_map(text: str) -> dict[str, str]:
 
 
 _OPTION_FLAGS = (
+    "dataset_name",
     "format",
     "prefer",
     "columns",

@@ -35,6 +35,8 @@ OPTIONS = {
     "format": None,  # another project's layout by name (formats.BY_NAME); detected when its fields are unambiguous
     "prefer": ("better", "safer"),  # PKU-SafeRLHF: which of its two preferences to train on
     "columns": None,  # {our field: the source's field}: rename before anything else
+    "message_tags": None,  # LLaMA-Factory sharegpt tags (role_tag, content_tag, user_tag, ...), from dataset_info.json
+    "dataset_name": None,  # the entry of a LLaMA-Factory dataset_info.json given as the source
 }
 
 
@@ -159,6 +161,17 @@ def _implicit_prompt(src: Source, shape: str) -> Source:
     return src
 
 
+def _dataset_info_entry(source: Any, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A LLaMA-Factory `dataset_info.json` as the source: the entry `dataset_name` names, read with its column map."""
+    from .llamafactory import entry_source, is_dataset_info
+
+    if not is_dataset_info(source):
+        return source, options
+    options = dict(options)
+    data, entry_options = entry_source(source, options.pop("dataset_name", None))
+    return data, {**entry_options, **options}  # options given explicitly win
+
+
 def _source_name(source: Any) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"
 
@@ -185,6 +198,7 @@ def load_with_report(
     _check_options(options)
     if method is not None and method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    source, options = _dataset_info_entry(source, options)
     on_error = options.get("on_error") or "raise"
     try:
         try:
@@ -371,6 +385,7 @@ def inspect(source: Any, shape: str | None = None, **options: Any) -> dict[str, 
     conversational, length statistics (characters), the problems found (all of them, counted; the first few
     quoted) and which methods the data can serve. Raises `DataError` only when the source cannot be read."""
     _check_options(options)
+    source, options = _dataset_info_entry(source, options)
     src = _rename_columns(read(source, on_error="drop", split=options.get("split")), options.get("columns"))
     fmt = _resolve_format(src, shape, options)
     shape = fmt.shape if fmt is not None and not fmt.refusal else _resolve_shape(src, shape)

@@ -42,6 +42,7 @@ class Format:
     # optional: the first row must also pass this (two layouts with the same field names)
     first_row: Callable[[dict[str, Any]], bool] | None = None
     refusal: str | None = None  # a layout no method here trains on: refused with this message
+    empty: str = ""  # why rows of this layout can give nothing (said when none of them does)
 
 
 # ------------------------------------------------------------------------------------------------ message helpers
@@ -77,6 +78,26 @@ def _messages(value: Any, field: str) -> list[dict[str, str]]:
             if not isinstance(role, str) or not role:
                 raise FormatProblem(field, f"message {k + 1}: no 'role'")
             out.append(_message(role, _content(message.get("content"), field, k)))
+    return out
+
+
+def _lf_messages(value: Any, field: str, options: dict[str, Any]) -> list[dict[str, str]]:
+    """LLaMA-Factory sharegpt messages, under the tag names its `dataset_info.json` declares (`message_tags` option:
+    role/content keys and the user/assistant/system/observation/function values); the defaults are ShareGPT's."""
+    tags = options.get("message_tags")
+    if not tags:
+        return _messages(value, field)
+    if not isinstance(value, list) or not value:
+        raise FormatProblem(field, f"expected a non-empty list of messages, got {short(value)}")
+    roles = {tags.get("user_tag", "human"): "user", tags.get("assistant_tag", "gpt"): "assistant",
+             tags.get("system_tag", "system"): "system", tags.get("observation_tag", "observation"): "tool",
+             tags.get("function_tag", "function_call"): "assistant"}  # fmt: skip
+    role_key, content_key = tags.get("role_tag", "from"), tags.get("content_tag", "value")
+    out = []
+    for k, message in enumerate(value):
+        if not isinstance(message, dict) or message.get(role_key) not in roles:
+            raise FormatProblem(field, f"message {k + 1}: expected {role_key!r} one of {sorted(map(str, roles))}, got {short(message)}")  # fmt: skip
+        out.append(_message(roles[message[role_key]], _content(message.get(content_key), field, k)))
     return out
 
 
@@ -180,7 +201,7 @@ def _swift_pairs(row, options) -> Converted:
 
 
 def _messages_label(row, options, tag: str, conversation: str) -> Converted:
-    prompt, response = _split_last_answer(_messages(row.get(conversation), conversation), conversation)
+    prompt, response = _split_last_answer(_lf_messages(row.get(conversation), conversation, options), conversation)
     prompt = _with_system(row.get("system"), prompt)
     return [{"prompt": prompt, "response": response, "label": _label(row.get(tag), tag)}], {
         conversation,
@@ -203,8 +224,13 @@ def _lf_kto(row, options) -> Converted:
 
 
 def _lf_sharegpt_pairs(row, options) -> Converted:
-    prompt = _with_system(row.get("system"), _messages(row.get("conversations"), "conversations"))
-    chosen, rejected = _assistant(row.get("chosen"), "chosen"), _assistant(row.get("rejected"), "rejected")
+    prompt = _with_system(row.get("system"), _lf_messages(row.get("conversations"), "conversations", options))
+
+    def answer(field: str) -> list[dict[str, str]]:
+        value = row.get(field)
+        return _assistant(value, field) if isinstance(value, str) else _lf_messages([value] if isinstance(value, dict) else value, field, options)  # fmt: skip
+
+    chosen, rejected = answer("chosen"), answer("rejected")
     return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}], {"conversations", "system", "chosen", "rejected"}  # fmt: skip
 
 
@@ -229,7 +255,7 @@ def _lf_alpaca_sft(row, options) -> Converted:
 
 
 def _lf_sharegpt_sft(row, options) -> Converted:
-    messages = _with_system(row.get("system"), _messages(row.get("conversations"), "conversations"))
+    messages = _with_system(row.get("system"), _lf_messages(row.get("conversations"), "conversations", options))
     return [{"messages": messages}], {"conversations", "system"}
 
 
@@ -408,7 +434,8 @@ FORMATS: tuple[Format, ...] = (
            {"history": "What makes a good pizza dough?", "human_ref_A": "Time: let it rise overnight.", "human_ref_B": "Flour.", "labels": 1, "score_A": 52, "score_B": 3}),
     Format("oasst_tree", "OpenAssistant (message trees)", "ranked", ("message_tree_id", "prompt"), _oasst,
            {"message_tree_id": "t1", "tree_state": "ready_for_export", "prompt": {"role": "prompter", "text": "2+2?", "replies": [
-               {"role": "assistant", "text": "4", "rank": 0, "replies": []}, {"role": "assistant", "text": "5", "rank": 1, "replies": []}]}}),
+               {"role": "assistant", "text": "4", "rank": 0, "replies": []}, {"role": "assistant", "text": "5", "rank": 1, "replies": []}]}},
+           empty=" (a group needs a prompter message with two or more ranked replies)"),
     Format("llamafactory_alpaca_ranking", "LLaMA-Factory (alpaca ranking: output best first)", "ranked", ("instruction", "output"), _lf_alpaca_ranking,
            {"instruction": "2+2?", "input": "", "output": ["4", "5"], "history": []}, first_row=_is_list_output),
     Format("llamafactory_alpaca", "LLaMA-Factory / Stanford Alpaca (SFT)", "messages", ("instruction", "output"), _lf_alpaca_sft,
@@ -461,6 +488,8 @@ def apply_format(
         unused |= result[2] if len(result) > 2 else set()
         out += converted
         origin += [i] * len(converted)
+    if not out and not problems and rows:
+        raise src.error(f"no {fmt.shape} rows in these {fmt.project} rows{fmt.empty}")
     lines = np.asarray([src.locate(i) for i in origin], dtype=np.int64)
     converted = replace(src, table=pa.table({}), line_numbers=lines, offset=0)
     return replace(converted, table=_to_table(out, converted)), unused, problems

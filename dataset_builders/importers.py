@@ -262,7 +262,14 @@ def system_into_prompt(src: Source) -> Source:
     for i, (system, prompt) in enumerate(zip(systems, prompts)):
         if system is not None and not isinstance(system, str):
             raise src.error(f"must be a string, got {type(system).__name__}", i, "system")
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        if prompt is None:
+            raise src.error("missing", i, "prompt")
+        if isinstance(prompt, str):
+            messages = [{"role": "user", "content": prompt}]
+        elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+            messages = prompt
+        else:
+            raise src.error(f"expected text (a string or a message list), got {short(prompt)}", i, "prompt")
         if system and system.strip() and not (messages and messages[0].get("role") == "system"):
             messages = [{"role": "system", "content": system}, *messages]
         merged.append(messages)

@@ -297,6 +297,106 @@ PAIR_FORMATS = ["openai_dpo", "ms_swift_rlhf", "llamafactory_sharegpt_pairs", "a
                 "llamafactory_v1_pairs", "axolotl_intel"]  # fmt: skip
 
 
+def random_other(name, rng):
+    """(a random row in `name`'s layout, [(prompt, answer), ...] the conversations it holds, the canonical field
+    names of the prompt and answers) for the layouts that are not pairs."""
+    convo, a = conversation(rng), text(rng)
+    if name == "ms_swift_kto":
+        return {"messages": [*convo, assistant(a)], "label": rng.random() < 0.5}, [(convo, [assistant(a)])]
+    if name == "llamafactory_kto":
+        return {"conversations": sharegpt([*convo, assistant(a)]), "kto_tag": rng.random() < 0.5}, [(convo, [assistant(a)])]  # fmt: skip
+    if name == "llamafactory_sharegpt":
+        return {"conversations": sharegpt([*convo, assistant(a)])}, [([], [*convo, assistant(a)])]
+    if name in ("llamafactory_alpaca_ranking", "llamafactory_alpaca", "llamafactory_alpaca_pairs"):
+        history = [[text(rng), text(rng)] for _ in range(rng.randint(0, 2))]
+        instruction, extra = text(rng), rng.choice(["", text(rng)])
+        head = [m for q, r in history for m in (user(q), assistant(r))]
+        prompt = [*head, user(f"{instruction}\n{extra}" if extra else instruction)]
+        row = {"instruction": instruction, "input": extra, "history": history}
+        if name == "llamafactory_alpaca":
+            return {**row, "output": a}, [([], [*prompt, assistant(a)])]
+        outputs = [text(rng) for _ in range(rng.randint(2, 4))]
+        if name == "llamafactory_alpaca_pairs":
+            return {**row, "chosen": outputs[0], "rejected": outputs[1]}, [
+                (prompt, [assistant(o)]) for o in outputs[:2]
+            ]
+        return {**row, "output": outputs}, [(prompt, [assistant(o)]) for o in outputs]
+    if name == "axolotl_argilla":
+        q, b = text(rng), text(rng)
+        return {"instruction": q, "chosen_response": a, "rejected_response": b}, [
+            ([user(q)], [assistant(x)]) for x in (a, b)
+        ]
+    raise AssertionError(name)
+
+
+def held(row):
+    """The (prompt, answer) conversations a canonical row holds, whatever its shape."""
+    if "messages" in row:
+        return [([], row["messages"])]
+    if "responses" in row:
+        return [(row["prompt"], r) for r in row["responses"]]
+    if "response" in row:
+        return [(row["prompt"], row["response"])]
+    return [(row["prompt"], row[k]) for k in ("chosen", "rejected")]
+
+
+OTHER_FORMATS = ["ms_swift_kto", "llamafactory_kto", "llamafactory_sharegpt", "llamafactory_alpaca",
+                 "llamafactory_alpaca_pairs", "llamafactory_alpaca_ranking", "axolotl_argilla"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", OTHER_FORMATS)
+def test_every_other_layout_gives_back_each_source_conversation_exactly(tmp_path, name):
+    rng = random.Random(name)
+    for trial in range(40):
+        row, conversations = random_other(name, rng)
+        got = dataset_builders.load(write_jsonl(tmp_path / f"{trial}.jsonl", [row]), format=name)[0]
+        assert [p + r for p, r in held(got)] == [p + r for p, r in conversations], (name, row)
+
+
+def random_tree(rng, depth=0):
+    node = {"role": "prompter" if depth % 2 == 0 else "assistant", "text": text(rng), "replies": []}
+    if depth < 3:
+        for k in range(rng.randint(0, 3)):
+            child = random_tree(rng, depth + 1)
+            child["rank"] = rng.choice([k, k, None])
+            node["replies"].append(child)
+    return node
+
+
+def paths(node, prefix=()):
+    here = (*prefix, user(node["text"]) if node["role"] == "prompter" else assistant(node["text"]))
+    yield list(here)
+    for reply in node["replies"]:
+        yield from paths(reply, here)
+
+
+def test_openassistant_groups_are_conversations_of_the_tree(tmp_path):
+    rng = random.Random("oasst")
+    groups = 0
+    for trial in range(60):
+        root = random_tree(rng)
+        expected = sum(1 for n in _nodes(root) if n["role"] == "prompter" and sum(isinstance(r.get("rank"), int) for r in n["replies"]) >= 2)  # fmt: skip
+        path = write_jsonl(tmp_path / f"{trial}.jsonl", [{"message_tree_id": str(trial), "prompt": root}])
+        if expected == 0:
+            with pytest.raises(DataError, match="no ranked rows .* two or more ranked replies"):
+                dataset_builders.load(path)
+            continue
+        rows = dataset_builders.load(path).to_list()
+        assert len(rows) == expected
+        tree_paths = list(paths(root))
+        for row in rows:
+            for prompt, response in held(row):
+                assert prompt + response in tree_paths  # every group member is a conversation of the tree
+        groups += len(rows)
+    assert groups > 20
+
+
+def _nodes(node):
+    yield node
+    for reply in node["replies"]:
+        yield from _nodes(reply)
+
+
 @pytest.mark.parametrize("name", PAIR_FORMATS)
 def test_prompt_plus_answer_gives_back_each_source_conversation_exactly(tmp_path, name):
     rng = random.Random(name)
@@ -317,3 +417,48 @@ def test_docs_list_every_layout_with_its_example():
     for fmt in FORMATS:
         assert f"| `{fmt.name}` | {fmt.project} |" in docs, fmt.name
         assert json.dumps(fmt.example, ensure_ascii=False) in docs, fmt.name
+
+
+# ------------------------------------------------------------------------------- LLaMA-Factory dataset_info.json
+DATASET_INFO = {
+    "dpo_en_demo": {"file_name": "dpo_en_demo.json", "ranking": True, "formatting": "sharegpt",
+                    "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}},
+    "kto_en_demo": {"file_name": "kto_en_demo.json", "formatting": "sharegpt",
+                    "columns": {"messages": "messages", "kto_tag": "label"},
+                    "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}},
+    "alpaca_en_demo": {"file_name": "alpaca_en_demo.json"},
+    "orca_pairs": {"file_name": "orca.jsonl", "ranking": True,
+                   "columns": {"prompt": "question", "chosen": "chosen", "rejected": "rejected", "system": "system"}},
+    "comparison": {"file_name": "comparison.json", "ranking": True},
+}  # fmt: skip
+
+
+def test_a_llamafactory_dataset_info_entry_reads_its_file_with_its_column_map(tmp_path, capsys):
+    (tmp_path / "dataset_info.json").write_text(json.dumps(DATASET_INFO))
+    (tmp_path / "dpo_en_demo.json").write_text(json.dumps([{
+        "conversations": [{"from": "human", "value": "Capital of France?"}],
+        "chosen": {"from": "gpt", "value": "Paris."}, "rejected": {"from": "gpt", "value": "Lyon."}}]))  # fmt: skip
+    (tmp_path / "kto_en_demo.json").write_text(json.dumps([
+        {"messages": [{"content": "Hi", "role": "user"}, {"content": "Go away", "role": "assistant"}], "label": False}]))  # fmt: skip
+    (tmp_path / "alpaca_en_demo.json").write_text(
+        json.dumps([{"instruction": "Say hi", "input": "", "output": "Hi!"}])
+    )
+    write_jsonl(tmp_path / "orca.jsonl", [{"system": "Be brief.", "question": "2+2?", "chosen": "4", "rejected": "5"}])
+    (tmp_path / "comparison.json").write_text(json.dumps([{"instruction": "2+2?", "input": "", "output": ["4", "5"]}]))
+    info = tmp_path / "dataset_info.json"
+    assert dataset_builders.load(info, dataset_name="dpo_en_demo", method="dpo")[0] == {
+        "prompt": [user("Capital of France?")], "chosen": [assistant("Paris.")], "rejected": [assistant("Lyon.")]}  # fmt: skip
+    assert dataset_builders.load(info, dataset_name="kto_en_demo", method="kto")[0] == {
+        "prompt": [user("Hi")], "completion": [assistant("Go away")], "label": False}  # fmt: skip
+    assert dataset_builders.load(info, dataset_name="alpaca_en_demo", method="sft")[0] == {
+        "messages": [user("Say hi"), assistant("Hi!")]}  # fmt: skip
+    assert dataset_builders.load(info, dataset_name="orca_pairs", method="dpo")[0] == {
+        "prompt": [system("Be brief."), user("2+2?")], "chosen": [assistant("4")], "rejected": [assistant("5")]}  # fmt: skip
+    assert dataset_builders.load(info, dataset_name="comparison", method="dpo")[0] == {
+        "prompt": [user("2+2?")], "chosen": [assistant("4")], "rejected": [assistant("5")]}  # fmt: skip
+    with pytest.raises(DataError, match=r"no entry 'nope'; entries: dpo_en_demo, kto_en_demo"):
+        dataset_builders.load(info, dataset_name="nope")
+    with pytest.raises(DataError, match=r"name the entry with dataset_name="):
+        dataset_builders.load(info)
+    assert cli(["inspect", str(info), "--dataset-name", "orca_pairs"]) == 0
+    assert "format:   llamafactory_alpaca_pairs" in capsys.readouterr().out
