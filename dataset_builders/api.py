@@ -161,6 +161,23 @@ def _implicit_prompt(src: Source, shape: str) -> Source:
     return src
 
 
+def _hint_format(src: Source, shape: str) -> None:
+    """`shape=` named on rows of another project's layout: the missing field's error says which `format=` reads them."""
+    from .formats import detect_format
+    from .shapes import FIELDS
+
+    columns = src.table.column_names
+    missing = [f for f in FIELDS.get(shape, ()) if f not in columns]
+    fmt = detect_format(columns, first_row(src.table)) if missing else None
+    if fmt is not None and not fmt.refusal:
+        raise src.error(
+            f"missing (the {shape} shape needs {', '.join(FIELDS[shape])}); these rows look like {fmt.project}: "
+            f"pass format={fmt.name} (CLI --format, recipe dataset_format) instead of shape={shape}",
+            index=0,
+            field=missing[0],
+        )
+
+
 def _dataset_info_entry(source: Any, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """A LLaMA-Factory `dataset_info.json` as the source: the entry `dataset_name` names, read with its column map."""
     from .llamafactory import entry_source, is_dataset_info
@@ -237,6 +254,8 @@ def _load(
             from .importers import import_source
 
             piece, piece_shape = import_source(piece, shape, options)
+        if fmt is None and shape is not None:
+            _hint_format(piece, piece_shape)
         piece = _implicit_prompt(piece, piece_shape)
         if method == "orpo" and piece_shape == "pairs_sft_target":
             _check_sft_target_rejected(piece, options.get("sft_target_rejected") or "refuse")

@@ -208,11 +208,15 @@ def split_shared_prompt(src: Source) -> Source:
     the prompt (TRL's `maybe_extract_prompt`) and the answers the rest, so prompt + chosen is the conversation once,
     not with the user turn twice. The string prompt must be that user turn (else the row is refused: the two disagree);
     a message-list prompt that chosen and rejected both start with is taken off them. Other rows are unchanged."""
-    from trl.data_utils import extract_prompt
-
     table = src.table
     if not {"prompt", "chosen", "rejected"} <= set(table.column_names):
         return src
+    from .shapes import is_messages_type
+
+    if not (is_messages_type(table.column("chosen").type) and is_messages_type(table.column("rejected").type)):
+        return src  # plain-text answers cannot repeat a conversation: no row to look at (the fast path stays columnar)
+    from trl.data_utils import extract_prompt  # only here: importing TRL takes seconds
+
     columns = table.select(["prompt", "chosen", "rejected"]).to_pydict()
     changed = False
     for i, (prompt, chosen, rejected) in enumerate(zip(columns["prompt"], columns["chosen"], columns["rejected"])):

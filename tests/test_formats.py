@@ -462,3 +462,12 @@ def test_a_llamafactory_dataset_info_entry_reads_its_file_with_its_column_map(tm
         dataset_builders.load(info)
     assert cli(["inspect", str(info), "--dataset-name", "orca_pairs"]) == 0
     assert "format:   llamafactory_alpaca_pairs" in capsys.readouterr().out
+
+
+def test_a_shape_named_on_another_projects_rows_says_which_format_reads_them(tmp_path):
+    row = CASES[[c[0] for c in CASES].index("pku_saferlhf")][1]
+    with pytest.raises(DataError, match=r"field 'chosen': missing .* PKU-SafeRLHF: pass format=pku_saferlhf"):
+        dataset_builders.load(write_jsonl(tmp_path / "pku.jsonl", [row]), shape="pairs", method="dpo")
+    swift = BY_NAME["ms_swift_rlhf"].example
+    with pytest.raises(DataError, match=r"pass format=ms_swift_rlhf"):
+        dataset_builders.load(write_jsonl(tmp_path / "s.jsonl", [swift]), shape="pairs")
