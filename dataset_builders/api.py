@@ -313,7 +313,8 @@ def _load(
     for reason, count in report.skipped.items():
         logger.info("%s: %d row(s) left out by the %s mapping: %s", src.name, count, method, reason)
     if method == "kto":
-        report.kto = kto_class_weights(dataset)
+        # the table, when it already holds the labels: `with_format` deep-copies the dataset (0.2 s per 1M rows)
+        report.kto = kto_class_weights(table if "label" in table.column_names else dataset)
         logger.info("%s: KTO classes %s", src.name, report.kto)
     report.rows_out = dataset.num_rows
     if dataset.num_rows == 0:

@@ -48,7 +48,8 @@ _SUFFIXES = {
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _JSONL_BLOCK_SIZE = 8 << 20  # Arrow reads JSONL in blocks; one row must fit in a block.
-STREAM_BLOCK_SIZE = 4 << 20  # streamed JSONL: peak memory stays near the result; per-block work stays cheap
+STREAM_BLOCK_SIZE = 1 << 20  # streamed JSONL: Arrow's blocks (small: its read-ahead is what peak memory pays for)
+PIECE_BYTES = 16 << 20  # ...gathered into pieces of about this many Arrow bytes before they are checked and mapped
 
 
 class StreamFailed(Exception):
@@ -100,16 +101,31 @@ class Source:
         if self.rest is None:
             return
         offset = self.table.num_rows
+        pending: list[pa.RecordBatch] = []
+        size = 0
         while True:
             try:
                 batch = next(self.rest)
                 batch.validate(full=True)  # pyarrow 26 can build invalid arrays from objects of varying nesting
             except StopIteration:
-                return
+                batch = None
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as e:
                 raise StreamFailed(str(e)) from None
-            yield replace(self, table=pa.Table.from_batches([batch]), offset=offset, rest=None, dropped=[])
-            offset += batch.num_rows
+            if batch is not None:
+                pending.append(batch)
+                size += batch.nbytes
+            # Arrow reads small blocks (little read-ahead memory); they are checked a few megabytes at a time, so
+            # the per-piece work is paid per piece, not per block.
+            if pending and (batch is None or size >= PIECE_BYTES):
+                try:
+                    table = pa.Table.from_batches(pending)
+                except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # blocks whose inferred types differ
+                    raise StreamFailed(str(e)) from None
+                yield replace(self, table=table, offset=offset, rest=None, dropped=[])
+                offset += table.num_rows
+                pending, size = [], 0
+            if batch is None:
+                return
 
 
 # --- entry point ------------------------------------------------------------------------------------------------

@@ -205,10 +205,11 @@ def test_unknown_option_and_bad_option_value():
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Stream JSONL in 2 KB blocks, so a small file arrives in many pieces."""
+    """Stream JSONL in 2 KB blocks, each its own piece, so a small file arrives in many pieces."""
     from dataset_builders import readers
 
     monkeypatch.setattr(readers, "STREAM_BLOCK_SIZE", 2048)
+    monkeypatch.setattr(readers, "PIECE_BYTES", 1)  # every block its own piece
 
 
 @pytest.mark.parametrize("method", dataset_builders.METHODS)
@@ -248,3 +249,19 @@ def test_streamed_type_change_in_a_later_block_falls_back(tmp_path, small_blocks
     ):
         load(path)
     assert len(load(path, on_error="drop")) == 99
+
+
+def test_streamed_blocks_gathered_into_pieces_give_the_same_rows_and_lines(tmp_path, monkeypatch):
+    from dataset_builders import readers
+
+    monkeypatch.setattr(readers, "STREAM_BLOCK_SIZE", 2048)
+    monkeypatch.setattr(readers, "PIECE_BYTES", 8192)  # several blocks per piece
+    rows = ToyTask(seed=13).rows("pairs", 200)
+    path = write_form(rows, "jsonl", tmp_path)
+    pieces = list(readers.read(path, stream=True).pieces())
+    assert 2 < len(pieces) < sum(1 for _ in readers.pa_json.open_json(path, read_options=readers.pa_json.ReadOptions(block_size=2048)))  # fmt: skip
+    assert load(path, method="dpo").to_list() == load(rows, method="dpo").to_list()
+    rows[150]["chosen"] = ""
+    path = write_form(rows, "jsonl", tmp_path)
+    with pytest.raises(DataError, match=rf"^{path}: line 151, field 'chosen': empty$"):
+        load(path)
