@@ -177,6 +177,57 @@ def _label(value: Any, field: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- converters
+def _query_prompt(row: dict[str, Any]) -> list[dict[str, str]]:
+    """ms-swift's query-response layout: `history` ([[query, answer], ...]) then `query`, after `system`."""
+    return _with_system(row.get("system"), [*_history(row.get("history")), _message("user", _text(row.get("query"), "query"))])  # fmt: skip
+
+
+def _swift_query(row, options) -> Converted:
+    messages = [*_query_prompt(row), _message("assistant", _text(row.get("response"), "response"))]
+    return [{"messages": messages}], {"system", "query", "response", "history"}
+
+
+def _swift_query_pairs(row, options) -> Converted:
+    chosen = _assistant(_text(row.get("response"), "response"), "response")
+    rejected = _assistant(_text(row.get("rejected_response"), "rejected_response"), "rejected_response")
+    return [{"prompt": _query_prompt(row), "chosen": chosen, "rejected": rejected}], {"system", "query", "response", "history", "rejected_response"}  # fmt: skip
+
+
+def _swift_query_kto(row, options) -> Converted:
+    response = _assistant(_text(row.get("response"), "response"), "response")
+    return [{"prompt": _query_prompt(row), "response": response, "label": _label(row.get("label"), "label")}], {"system", "query", "response", "history", "label"}  # fmt: skip
+
+
+def _swift_sharegpt_turns(row: dict[str, Any]) -> list[dict[str, str]]:
+    """ms-swift's sharegpt layout: `conversation` as [{"human": ..., "assistant": ...}, ...], after `system`."""
+    turns = row.get("conversation")
+    if not isinstance(turns, list) or not turns:
+        raise FormatProblem("conversation", f"expected a non-empty list of {{human, assistant}} turns, got {short(turns)}")  # fmt: skip
+    messages = []
+    for k, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("human"), str) or not isinstance(turn.get("assistant"), str):  # fmt: skip
+            raise FormatProblem("conversation", f"turn {k + 1}: expected {{\"human\": text, \"assistant\": text}}, got {short(turn)}")  # fmt: skip
+        messages += [_message("user", turn["human"]), _message("assistant", turn["assistant"])]
+    return _with_system(row.get("system"), messages)
+
+
+def _swift_sharegpt(row, options) -> Converted:
+    return [{"messages": _swift_sharegpt_turns(row)}], {"system", "conversation"}
+
+
+def _swift_sharegpt_pairs(row, options) -> Converted:
+    prompt, chosen = _split_last_answer(_swift_sharegpt_turns(row), "conversation")
+    rejected = _assistant(_text(row.get("rejected_response"), "rejected_response"), "rejected_response")
+    return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}], {"system", "conversation", "rejected_response"}  # fmt: skip
+
+
+def _swift_alpaca_pairs(row, options) -> Converted:
+    prompt, used = _alpaca_prompt(row)
+    chosen = _assistant(_text(row.get("output"), "output"), "output")
+    rejected = _assistant(_text(row.get("rejected_response"), "rejected_response"), "rejected_response")
+    return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}], used | {"output", "rejected_response"}
+
+
 def _trl_unpaired(row, options) -> Converted:
     return [{"prompt": row["prompt"], "response": row["completion"], "label": row["label"]}], {"prompt", "completion", "label"}  # fmt: skip
 
@@ -408,6 +459,18 @@ FORMATS: tuple[Format, ...] = (
     Format("ms_swift_rlhf", "ms-swift (DPO/ORPO/RM)", "pairs", ("messages", "rejected_response"), _swift_pairs,
            {"messages": [{"role": "system", "content": "You are a useful assistant"}, {"role": "user", "content": "Tell me tomorrow's weather"}, {"role": "assistant", "content": "Tomorrow's weather will be sunny"}],
             "rejected_response": "I don't know"}),
+    Format("ms_swift_query_pairs", "ms-swift (query-response, DPO/ORPO/RM)", "pairs", ("query", "response", "rejected_response"), _swift_query_pairs,
+           {"system": "You are a useful assistant", "query": "Tell me tomorrow's weather", "response": "Tomorrow's weather will be sunny", "rejected_response": "I don't know", "history": []}),
+    Format("ms_swift_query_kto", "ms-swift (query-response, KTO)", "binary", ("query", "response", "label"), _swift_query_kto,
+           {"query": "What is 1 + 1?", "response": "It equals 2", "label": True}),
+    Format("ms_swift_query", "ms-swift (query-response, SFT)", "messages", ("query", "response"), _swift_query,
+           {"system": "You are a useful assistant", "query": "Hi", "response": "Hello!", "history": [["2+2?", "4"]]}),
+    Format("ms_swift_sharegpt_pairs", "ms-swift (sharegpt, DPO/ORPO/RM)", "pairs", ("conversation", "rejected_response"), _swift_sharegpt_pairs,
+           {"system": "You are a useful assistant", "conversation": [{"human": "Tell me tomorrow's weather", "assistant": "Tomorrow's weather will be sunny"}], "rejected_response": "I don't know"}),
+    Format("ms_swift_sharegpt", "ms-swift (sharegpt, SFT)", "messages", ("conversation",), _swift_sharegpt,
+           {"system": "You are a useful assistant", "conversation": [{"human": "Hi", "assistant": "Hello!"}, {"human": "2+2?", "assistant": "4"}]}),
+    Format("ms_swift_alpaca_pairs", "ms-swift (alpaca, DPO/ORPO/RM)", "pairs", ("instruction", "output", "rejected_response"), _swift_alpaca_pairs,
+           {"system": "You are a useful assistant", "instruction": "Tell me", "input": "tomorrow's weather", "output": "Sunny", "rejected_response": "I don't know"}),
     Format("ms_swift_kto", "ms-swift (KTO)", "binary", ("messages", "label"), _swift_kto,
            {"messages": [{"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "It equals 2"}], "label": True}),
     Format("llamafactory_kto", "LLaMA-Factory (KTO, kto_tag)", "binary", ("kto_tag",), _lf_kto,

@@ -47,6 +47,22 @@ CASES = [
                    assistant("Tomorrow's weather will be sunny")], "rejected_response": "I don't know"},
      "pairs", {"prompt": [system("You are a useful and harmless assistant"), user("Tell me tomorrow's weather")],
                "chosen": [assistant("Tomorrow's weather will be sunny")], "rejected": [assistant("I don't know")]}, []),
+    ("ms_swift_query_pairs",
+     {"system": "You are a useful assistant", "query": "Tell me tomorrow's weather", "response": "Sunny",
+      "rejected_response": "I don't know", "history": [["Hi", "Hello"]]},
+     "pairs", {"prompt": [system("You are a useful assistant"), user("Hi"), assistant("Hello"), user("Tell me tomorrow's weather")],
+               "chosen": [assistant("Sunny")], "rejected": [assistant("I don't know")]}, []),
+    ("ms_swift_query_kto", {"query": "What is 1 + 1?", "response": "It equals 3", "label": 0},
+     "binary", {"prompt": [user("What is 1 + 1?")], "response": [assistant("It equals 3")], "label": False}, []),
+    ("ms_swift_query", {"query": "Hi", "response": "Hello!", "history": [], "system": ""},
+     "messages", {"messages": [user("Hi"), assistant("Hello!")]}, []),
+    ("ms_swift_sharegpt_pairs",
+     {"system": "Be brief.", "conversation": [{"human": "Hi", "assistant": "Hello"}, {"human": "2+2?", "assistant": "4"}], "rejected_response": "5"},
+     "pairs", {"prompt": [system("Be brief."), user("Hi"), assistant("Hello"), user("2+2?")], "chosen": [assistant("4")], "rejected": [assistant("5")]}, []),
+    ("ms_swift_sharegpt", {"conversation": [{"human": "Hi", "assistant": "Hello"}]},
+     "messages", {"messages": [user("Hi"), assistant("Hello")]}, []),
+    ("ms_swift_alpaca_pairs", {"instruction": "Tell me", "input": "the weather", "output": "Sunny", "rejected_response": "No"},
+     "pairs", {"prompt": [user("Tell me\nthe weather")], "chosen": [assistant("Sunny")], "rejected": [assistant("No")]}, []),
     ("ms_swift_kto", {"messages": [user("What is 1 + 1?"), assistant("It equals 2")], "label": False},
      "binary", {"prompt": [user("What is 1 + 1?")], "response": [assistant("It equals 2")], "label": False}, []),
     ("llamafactory_kto", {"messages": [user("Hi"), assistant("Go away")], "kto_tag": False},
@@ -321,6 +337,23 @@ def random_other(name, rng):
                 (prompt, [assistant(o)]) for o in outputs[:2]
             ]
         return {**row, "output": outputs}, [(prompt, [assistant(o)]) for o in outputs]
+    if name in ("ms_swift_query", "ms_swift_query_pairs", "ms_swift_query_kto"):
+        history = [[text(rng), text(rng)] for _ in range(rng.randint(0, 2))]
+        q, b = text(rng), text(rng)
+        prompt = [*(m for h in history for m in (user(h[0]), assistant(h[1]))), user(q)]
+        row = {"query": q, "response": a, "history": history}
+        if name == "ms_swift_query":
+            return row, [([], [*prompt, assistant(a)])]
+        if name == "ms_swift_query_kto":
+            return {**row, "label": True}, [(prompt, [assistant(a)])]
+        return {**row, "rejected_response": b}, [(prompt, [assistant(a)]), (prompt, [assistant(b)])]
+    if name in ("ms_swift_sharegpt", "ms_swift_sharegpt_pairs"):
+        turns = [{"human": text(rng), "assistant": text(rng)} for _ in range(rng.randint(1, 3))]
+        messages = [m for t in turns for m in (user(t["human"]), assistant(t["assistant"]))]
+        if name == "ms_swift_sharegpt":
+            return {"conversation": turns}, [([], messages)]
+        b = text(rng)
+        return {"conversation": turns, "rejected_response": b}, [(messages[:-1], messages[-1:]), (messages[:-1], [assistant(b)])]  # fmt: skip
     if name == "axolotl_argilla":
         q, b = text(rng), text(rng)
         return {"instruction": q, "chosen_response": a, "rejected_response": b}, [
@@ -340,7 +373,8 @@ def held(row):
     return [(row["prompt"], row[k]) for k in ("chosen", "rejected")]
 
 
-OTHER_FORMATS = ["ms_swift_kto", "llamafactory_kto", "llamafactory_sharegpt", "llamafactory_alpaca",
+OTHER_FORMATS = ["ms_swift_query", "ms_swift_query_pairs", "ms_swift_query_kto", "ms_swift_sharegpt",
+                 "ms_swift_sharegpt_pairs", "ms_swift_kto", "llamafactory_kto", "llamafactory_sharegpt", "llamafactory_alpaca",
                  "llamafactory_alpaca_pairs", "llamafactory_alpaca_ranking", "axolotl_argilla"]  # fmt: skip
 
 
