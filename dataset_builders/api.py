@@ -161,6 +161,19 @@ def _implicit_prompt(src: Source, shape: str) -> Source:
     return src
 
 
+# fields a shape reads besides its own (FIELDS): a system message (into the prompt), TRL's `completion` for binary,
+# UltraFeedback's `instruction`
+_ALSO_READ = {"binary": {"completion", "system"}, "ultrafeedback": {"instruction"}}
+
+
+def _unused_columns(table: pa.Table, shape: str) -> set[str]:
+    """Columns with a value somewhere that the shape's mapping does not read: reported, never dropped silently."""
+    from .shapes import FIELDS
+
+    read_fields = set(FIELDS.get(shape, ())) | {"system"} | _ALSO_READ.get(shape, set())
+    return {c for c in table.column_names if c not in read_fields and table.column(c).null_count < table.num_rows}
+
+
 def _hint_format(src: Source, shape: str) -> None:
     """`shape=` named on rows of another project's layout: the missing field's error says which `format=` reads them."""
     from .formats import detect_format
@@ -250,10 +263,12 @@ def _load(
             unused |= piece_unused
             report.dropped += len(problems)
             report.problems += problems[: max(0, 20 - len(report.problems))]
-        elif shape in IMPORT_FORMATS:
-            from .importers import import_source
+        else:
+            unused |= _unused_columns(piece.table, shape)
+            if shape in IMPORT_FORMATS:
+                from .importers import import_source
 
-            piece, piece_shape = import_source(piece, shape, options)
+                piece, piece_shape = import_source(piece, shape, options)
         if fmt is None and shape is not None:
             _hint_format(piece, piece_shape)
         piece = _implicit_prompt(piece, piece_shape)
@@ -418,10 +433,12 @@ def inspect(source: Any, shape: str | None = None, **options: Any) -> dict[str, 
         src, unused, format_problems = apply_format(src, fmt, options, on_error="drop")
         info["unused_fields"] = sorted(unused)
         info["rows_converted"] = src.table.num_rows  # a message tree can hold several ranked groups
-    elif shape in ("hh_rlhf", "ultrafeedback"):
-        from .importers import import_source
+    else:
+        info["unused_fields"] = sorted(_unused_columns(src.table, shape))
+        if shape in ("hh_rlhf", "ultrafeedback"):
+            from .importers import import_source
 
-        src, info["imported_as"] = import_source(src, shape, options)
+            src, info["imported_as"] = import_source(src, shape, options)
     src = _implicit_prompt(src, info.get("imported_as", shape))
     checked = validate(
         src,

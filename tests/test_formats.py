@@ -505,3 +505,15 @@ def test_a_shape_named_on_another_projects_rows_says_which_format_reads_them(tmp
     swift = BY_NAME["ms_swift_rlhf"].example
     with pytest.raises(DataError, match=r"pass format=ms_swift_rlhf"):
         dataset_builders.load(write_jsonl(tmp_path / "s.jsonl", [swift]), shape="pairs")
+
+
+def test_fields_a_shape_does_not_read_are_reported_too(tmp_path):
+    """HuggingFaceH4/ultrafeedback_binarized rows: our pairs shape reads prompt/chosen/rejected; the rest is named."""
+    convo = [user("2+2?"), assistant("4")]
+    row = {"prompt": "2+2?", "prompt_id": "abc", "chosen": convo, "rejected": [user("2+2?"), assistant("5")],
+           "messages": convo, "score_chosen": 9.0, "score_rejected": 2.0, "empty": None}  # fmt: skip
+    path = write_jsonl(tmp_path / "ufb.jsonl", [row])
+    ds, report = dataset_builders.load_with_report(path, method="dpo")
+    assert report.format is None and report.shape == "pairs"
+    assert report.unused_fields == ["messages", "prompt_id", "score_chosen", "score_rejected"]
+    assert dataset_builders.inspect(path)["unused_fields"] == report.unused_fields
