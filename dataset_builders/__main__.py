@@ -20,7 +20,7 @@ from typing import Any
 from .api import inspect, load_with_report
 from .convert import METHODS, PAIR_STRATEGIES
 from .errors import DataError
-from .formats import BY_NAME
+from .formats import BY_NAME, parse_column_map
 from .shapes import ALL_SHAPES
 
 
@@ -100,10 +100,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _column_map(text: str) -> dict[str, str]:
-    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
-    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
-        raise argparse.ArgumentTypeError(f"expected ours=yours[,ours=yours...], got {text!r}")
-    return {ours.strip(): yours.strip() for ours, yours in pairs}
+    try:
+        return parse_column_map(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 _OPTION_FLAGS = (

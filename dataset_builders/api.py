@@ -15,6 +15,7 @@ from datasets.fingerprint import generate_random_fingerprint
 
 from .convert import METHODS, PAIR_STRATEGIES, Refusal, convert, harmonize
 from .errors import DataError
+from .formats import BY_NAME, Format, apply_format, describe, detect_format
 from .readers import Source, StreamFailed, read
 from .shapes import ALL_SHAPES, IMPORT_FORMATS, PAIR_SHAPES, detect_columns, first_row, is_messages_type, validate
 
@@ -62,8 +63,6 @@ class LoadReport:
 
 
 def _check_options(options: dict[str, Any]) -> None:
-    from .formats import BY_NAME
-
     for key, value in options.items():
         if key not in OPTIONS:
             raise TypeError(f"unknown option {key!r}; options are: {', '.join(OPTIONS)}")
@@ -121,16 +120,19 @@ def _rename_columns(src: Source, columns: dict[str, str] | None) -> Source:
     return replace(src, table=table)
 
 
-def _resolve_format(src: Source, shape: str | None, options: dict[str, Any]):
-    """The other project's layout these rows are in: named by `format=`, else detected (unless a shape was given)."""
-    from .formats import BY_NAME, detect_format
-
+def _format_and_shape(src: Source, shape: str | None, options: dict[str, Any]) -> tuple[Format | None, str]:
+    """The other project's layout these rows are in (named by `format=`, else detected unless a shape was given) and
+    the shape they are read as: the layout's, else the one given or detected from the fields."""
     name = options.get("format")
     if name is not None:
-        return BY_NAME[name]
-    if shape is not None:
-        return None
-    return detect_format(src.table.column_names, first_row(src.table))
+        fmt = BY_NAME[name]
+    elif shape is None:
+        fmt = detect_format(src.table.column_names, first_row(src.table))
+    else:
+        fmt = None
+    if fmt is not None and not fmt.refusal:
+        return fmt, fmt.shape
+    return fmt, _resolve_shape(src, shape)
 
 
 def _resolve_shape(src: Source, shape: str | None) -> str:
@@ -176,7 +178,6 @@ def _unused_columns(table: pa.Table, shape: str) -> set[str]:
 
 def _hint_format(src: Source, shape: str) -> None:
     """`shape=` named on rows of another project's layout: the missing field's error says which `format=` reads them."""
-    from .formats import detect_format
     from .shapes import FIELDS
 
     columns = src.table.column_names
@@ -206,19 +207,11 @@ def _source_name(source: Any) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"
 
 
-def _describe(fmt) -> str:
-    from .formats import describe
-
-    return describe(fmt)
-
-
 def detect(source: Any) -> str:
     """The shape of `source` from its fields: one of pairwise_ab, pairs, pairs_with_lengths, binary,
     pairs_sft_target, ranked; or hh_rlhf / ultrafeedback (public formats `load` imports); or prompt_completion,
     messages, prompts (what SFT / PPO take directly)."""
-    src = read(source, stream=True)  # a streamed file: its first block is enough
-    fmt = _resolve_format(src, None, {})
-    return fmt.shape if fmt is not None and not fmt.refusal else _resolve_shape(src, None)
+    return _format_and_shape(read(source, stream=True), None, {})[1]  # a streamed file: its first block is enough
 
 
 def load_with_report(
@@ -246,8 +239,7 @@ def _load(
 ) -> tuple[datasets.Dataset, LoadReport]:
     on_error = options.get("on_error") or "raise"
     src = _rename_columns(src, options.get("columns"))
-    fmt = _resolve_format(src, shape, options)
-    shape = fmt.shape if fmt is not None and not fmt.refusal else _resolve_shape(src, shape)
+    fmt, shape = _format_and_shape(src, shape, options)
     report = LoadReport(source=src.name, shape=shape, method=method, format=fmt.name if fmt else None)
     outputs = []
     unused: set[str] = set()
@@ -257,8 +249,6 @@ def _load(
         if piece.offset:  # a later block of a streamed file: the same renaming as the first
             piece = _rename_columns(piece, options.get("columns"))
         if fmt is not None:
-            from .formats import apply_format
-
             piece, piece_unused, problems = apply_format(piece, fmt, options, on_error)
             unused |= piece_unused
             report.dropped += len(problems)
@@ -269,7 +259,7 @@ def _load(
                 from .importers import import_source
 
                 piece, piece_shape = import_source(piece, shape, options)
-        if fmt is None and shape is not None:
+        if fmt is None:
             _hint_format(piece, piece_shape)
         piece = _implicit_prompt(piece, piece_shape)
         if method == "orpo" and piece_shape == "pairs_sft_target":
@@ -294,7 +284,7 @@ def _load(
         outputs.append(table)
     report.unused_fields = sorted(unused)
     if fmt is not None:
-        logger.info("%s: read as %s", src.name, _describe(fmt))
+        logger.info("%s: read as %s", src.name, describe(fmt))
     if report.unused_fields:
         logger.info(
             "%s: field(s) the %s mapping does not use, left out of the training data: %s",
@@ -306,18 +296,12 @@ def _load(
         logger.warning(
             "%s: dropped %d invalid row(s) (on_error='drop'); first: %s", src.name, report.dropped, report.problems[0]
         )
-    table = (
-        outputs[0]
-        if len(outputs) == 1
-        else pa.concat_tables(outputs, promote_options="permissive")
-        if outputs
-        else None
-    )
-    if table is None or table.num_rows == 0:
+    if sum(t.num_rows for t in outputs) == 0:  # every row dropped, or left out by the mapping
         raise DataError(
             src.name,
             f"no rows left for {method or shape} (read {report.rows_in}, dropped {report.dropped}, left out {report.skipped})",
         )
+    table = outputs[0] if len(outputs) == 1 else pa.concat_tables(outputs, promote_options="permissive")
     # datasets would hash the whole table for a fingerprint (a copy, and seconds for a million rows); the rows
     # live in memory, so no cache file is keyed on it and a random one is what datasets itself falls back to.
     dataset = datasets.Dataset(table, fingerprint=generate_random_fingerprint())
@@ -332,11 +316,6 @@ def _load(
         report.kto = kto_class_weights(table if "label" in table.column_names else dataset)
         logger.info("%s: KTO classes %s", src.name, report.kto)
     report.rows_out = dataset.num_rows
-    if dataset.num_rows == 0:
-        raise DataError(
-            src.name,
-            f"no rows left for {method or shape} (read {report.rows_in}, dropped {report.dropped}, left out {report.skipped})",
-        )
     return dataset, report
 
 
@@ -422,14 +401,11 @@ def inspect(source: Any, shape: str | None = None, **options: Any) -> dict[str, 
     _check_options(options)
     source, options = _dataset_info_entry(source, options)
     src = _rename_columns(read(source, on_error="drop", split=options.get("split")), options.get("columns"))
-    fmt = _resolve_format(src, shape, options)
-    shape = fmt.shape if fmt is not None and not fmt.refusal else _resolve_shape(src, shape)
+    fmt, shape = _format_and_shape(src, shape, options)
     info: dict[str, Any] = {"source": src.name, "shape": shape, "rows": src.table.num_rows + len(src.dropped)}
     format_problems: list[str] = []
     if fmt is not None:
-        from .formats import apply_format
-
-        info["format"] = _describe(fmt)
+        info["format"] = describe(fmt)
         src, unused, format_problems = apply_format(src, fmt, options, on_error="drop")
         info["unused_fields"] = sorted(unused)
         info["rows_converted"] = src.table.num_rows  # a message tree can hold several ranked groups

@@ -511,6 +511,15 @@ FORMATS: tuple[Format, ...] = (
 BY_NAME = {f.name: f for f in FORMATS}
 
 
+def parse_column_map(text: str) -> dict[str, str]:
+    """`"prompt=Question,chosen=Good"` -> `{"prompt": "Question", "chosen": "Good"}` (the CLI's and recipes' form of
+    `columns=`); a malformed item raises `ValueError`."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise ValueError(f"expected ours=yours[,ours=yours...], got {text!r}")
+    return {ours.strip(): yours.strip() for ours, yours in pairs}
+
+
 def detect_format(columns: list[str], first: dict[str, Any] | None) -> Format | None:
     """The first format whose marking fields are all present (and whose first-row test passes)."""
     cols = set(columns)

@@ -171,10 +171,12 @@ class RecipeArguments:
         if self.dataset_mixture is not None:
             self.dataset_mixture = [MixtureSource.parse(entry, k) for k, entry in enumerate(self.dataset_mixture)]
         if isinstance(self.dataset_columns, str):
-            pairs = [item.split("=", 1) for item in self.dataset_columns.split(",") if item.strip()]
-            if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
-                raise ValueError(f"dataset_columns: expected ours=yours[,ours=yours...], got {self.dataset_columns!r}")
-            self.dataset_columns = {ours.strip(): yours.strip() for ours, yours in pairs} or None
+            from dataset_builders.formats import parse_column_map
+
+            try:
+                self.dataset_columns = parse_column_map(self.dataset_columns) if self.dataset_columns.strip() else None
+            except ValueError as error:
+                raise ValueError(f"dataset_columns: {error}") from None
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
 
