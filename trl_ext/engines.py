@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from transformers import TrainerCallback
@@ -130,5 +131,7 @@ class EngineReportCallback(TrainerCallback):
             return
         held, total = parameter_share(model)
         name = "FSDP" if engine == DistributedType.FSDP else "DeepSpeed ZeRO-3"
-        # Every rank prints (the replicas' log level hides INFO), so the line is a plain print.
-        print(f"{name}: rank {PartialState().process_index} holds {held:,} of {total:,} parameters", flush=True)
+        # Every rank prints (the replicas' log level hides INFO), so the line is a plain print, written in one call so
+        # that the ranks' lines cannot interleave within it.
+        sys.stdout.write(f"{name}: rank {PartialState().process_index} holds {held:,} of {total:,} parameters\n")
+        sys.stdout.flush()
