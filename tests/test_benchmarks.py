@@ -18,6 +18,7 @@ BENCHMARKS = REPO_ROOT / "benchmarks"
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -95,3 +96,27 @@ def test_builders_benchmark_converts_every_row(tmp_path):
     for _raw_s, _ours_s, ratio, rows_out in rows.values():
         assert rows_out == "500"  # one output row per input row for these mappings, nothing dropped
         assert float(ratio) > 0
+
+
+def test_ranked_lists_runs_every_way_and_sharing_changes_the_cost_not_the_result(tmp_path, capsys):
+    module = _load("ranked_lists")
+    result = module.main(["--quick", "--rows", "8", "--test-rows", "4", "--groups", "4", "--workdir", str(tmp_path),
+                          "--methods", "dpo_all_pairs", "plackett_luce", "--json", str(tmp_path / "r.json")])  # fmt: skip
+    records = {(r["method"], r["prefix_sharing"]): r for r in result["records"]}
+    assert sorted(records) == [("dpo_all_pairs", False), ("dpo_all_pairs", True),
+                               ("plackett_luce", False), ("plackett_luce", True)]  # fmt: skip
+    for method in ("dpo_all_pairs", "plackett_luce"):
+        shared, unshared = records[(method, True)], records[(method, False)]
+        # the same loss, so the same training: the held-out figures agree; only the work differs
+        assert shared["kendall_tau"] == pytest.approx(unshared["kendall_tau"], abs=1e-6)
+        assert shared["optimizer_steps"] == unshared["optimizer_steps"] == 2
+        assert 0 < shared["token_forwards"] < unshared["token_forwards"]
+    # 8 groups of 4: all-pairs DPO runs 6 pairs (12 sequences) per group, listwise 4 sequences
+    assert (
+        records[("dpo_all_pairs", False)]["token_forwards"] > 2.5 * records[("plackett_luce", False)]["token_forwards"]
+    )
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"listwise\+prefix vs all-pairs DPO: speedup \d+\.\d\d x, Kendall tau -?\d\.\d{3} vs -?\d\.\d{3}", last
+    )
+    assert json.loads((tmp_path / "r.json").read_text())["meta"]["prompt_ratio"]["long"] >= 4

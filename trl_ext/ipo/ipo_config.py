@@ -41,6 +41,10 @@ class LengthAwareIPOConfig(DPOConfig):
             Where `l_w, l_l` come from: `"declared"` (the dataset's `chosen_length` / `rejected_length` columns, the
             `pairs_with_lengths` shape; an error if they are missing), `"tokens"` (completion tokens, EOS included)
             or `"chars"` (characters of the completion text).
+        prefix_sharing (`bool`, *optional*, defaults to `False`):
+            Run each pair as one packed sequence, the prompt once, chosen and rejected after it
+            (`trl_ext.prefix_sharing`): same loss up to float summation order, faster with long prompts. Needs
+            `attn_implementation` `sdpa` or `eager`; other models run unshared, with a warning.
 
     `loss_type` is fixed to `["ipo"]`; `ld_alpha` (LD-DPO, arXiv:2409.06411) works with every variant.
 
@@ -76,6 +80,10 @@ class LengthAwareIPOConfig(DPOConfig):
             "help": "Lengths for the length term: `declared` (the dataset's `chosen_length`/`rejected_length`), "
             "`tokens` (completion tokens) or `chars` (characters of the completion text)."
         },
+    )
+    prefix_sharing: bool = field(
+        default=False,
+        metadata={"help": "Compute each pair's prompt once (packed chosen + rejected with a 4D attention mask)."},
     )
 
     def __post_init__(self):

@@ -13,6 +13,8 @@ from datasets import Dataset
 from trl import DPOTrainer
 from trl.data_utils import extract_prompt
 
+from trl_ext.prefix_sharing import enable_pair_prefix_sharing
+
 from .ipo_config import LengthAwareIPOConfig
 from .ipo_loss import (
     auto_length_penalty,
@@ -89,6 +91,8 @@ class LengthAwareIPOTrainer(DPOTrainer):
         for module in (self.model, self.ref_model):
             if module is not None:
                 module.register_forward_hook(self._fused_calls, with_kwargs=True)
+        # Its output hook goes first, so the recorder above sees the per-token outputs in TRL's layout
+        self.prefix_sharing = enable_pair_prefix_sharing(self)
 
     # --- data: keep the lengths through TRL's tokenization and collation -------------------------------------------
     # Depends on TRL 1.16's private `_prepare_dataset(dataset, processing_class, args, dataset_name)`, which keeps

@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from trl import RewardTrainer
 from trl.trainer.utils import pad
 
+from trl_ext.prefix_sharing import shared_prefix_scores, supports_prefix_sharing
 from trl_ext.tokenization import encode_sequence, pad_token_id
 
 from .ranked_grpo_loss import group_kendall_tau, group_sum, plackett_luce_loss
@@ -26,7 +27,8 @@ class PlackettLuceRewardTrainer(RewardTrainer):
 
     The only changes w.r.t. `trl.RewardTrainer` (TRL 1.16): the data are `ranked` groups (`prompt`, `responses`,
     `ranking`), tokenized per response exactly as `RewardTrainer` tokenizes `chosen` (`trl_ext.tokenization.encode_sequence`), and `compute_loss` scores every response of a group in
-    one batch. With two responses per group the loss is `RewardTrainer`'s `-log sigmoid(r_chosen - r_rejected)`,
+    one batch (with `prefix_sharing=True`, one packed sequence per group: the common prompt once,
+    `trl_ext.prefix_sharing`). With two responses per group the loss is `RewardTrainer`'s `-log sigmoid(r_chosen - r_rejected)`,
     `center_rewards_coefficient` term included (`mean((r_1 + r_2)^2)`; for larger groups, the squared group sum).
     Ties compete only against strictly worse responses (Bradley-Terry on all pairs also skips them).
 
@@ -45,12 +47,16 @@ class PlackettLuceRewardTrainer(RewardTrainer):
 
     _tag_names = ["trl", "trl-ext", "reward-trainer", "plackett-luce"]
 
-    def __init__(self, *args, data_collator=None, **kwargs):
+    def __init__(self, *args, data_collator=None, prefix_sharing: bool = False, **kwargs):
         tokenizer = kwargs.get("processing_class")
         collator = data_collator or DataCollatorForRankedRewards(
             pad_token_id(tokenizer) if tokenizer is not None else 0
         )
         super().__init__(*args, data_collator=collator, **kwargs)
+        self.prefix_sharing = prefix_sharing
+        if prefix_sharing and (why := supports_prefix_sharing(self.model)) is not None:
+            logger.warning("prefix_sharing=True but %s: the reward model trains unshared", why)
+            self.prefix_sharing = False
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if "responses_ids" in dataset.column_names:
@@ -78,9 +84,13 @@ class PlackettLuceRewardTrainer(RewardTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-        scores = outputs.logits.squeeze(-1)  # (N,)
         group_index, ranks = inputs["group_index"], inputs["ranking"]
+        if self.prefix_sharing:
+            scores = shared_prefix_scores(model, inputs, group_index).squeeze(-1)  # (N,)
+            outputs = {"logits": scores.unsqueeze(-1)}  # what the unshared forward returns, for prediction_step
+        else:
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            scores = outputs.logits.squeeze(-1)  # (N,)
         loss = plackett_luce_loss(scores, ranks, group_index).mean()
         if self.args.center_rewards_coefficient is not None:
             loss = loss + self.args.center_rewards_coefficient * (group_sum(scores, group_index) ** 2).mean()

@@ -53,6 +53,12 @@ class RankedGRPOConfig(GRPOConfig):
         mode (`str`, *optional*, defaults to `"offline"`):
             `"offline"`: this config trains `RankedGRPOTrainer` on the ranked responses. `"online"`: it goes to
             `trl.GRPOTrainer` (every `GRPOConfig` check runs; `num_generations` is required).
+        prefix_sharing (`bool`, *optional*, defaults to `False`):
+            Offline, and for the Plackett-Luce reward model online: run each group as one packed sequence, the
+            prompt once and every response after it (each sees the prompt, not the others; `trl_ext.prefix_sharing`).
+            Same loss and gradients up to float summation order; faster when prompts are long against the responses
+            (docs/grpo.md has the measurements). Needs `attn_implementation` `sdpa` or `eager`; other models run
+            unshared, with a warning.
         num_generations (`int` or `None`, *optional*, defaults to `None`):
             Online only: completions sampled per prompt by `trl.GRPOTrainer`. Offline (where the group is the row's
             responses) setting it is an error.
@@ -103,6 +109,13 @@ class RankedGRPOConfig(GRPOConfig):
         metadata={
             "help": "`offline` (RankedGRPOTrainer on the ranked responses) or `online` (trl.GRPOTrainer samples "
             "num_generations completions per prompt, rewarded by a reward model learned from the rankings)."
+        },
+    )
+    prefix_sharing: bool = field(
+        default=False,
+        metadata={
+            "help": "Offline (and the Plackett-Luce reward model online): compute each group's prompt once, its "
+            "responses packed after it with a 4D attention mask. Same loss; faster with long prompts."
         },
     )
     num_generations: int | None = field(

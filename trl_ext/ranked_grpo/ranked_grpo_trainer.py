@@ -23,6 +23,7 @@ from trl.trainer.utils import (
 )
 
 from trl_ext.models import causal_lm_from, tokenizer_from
+from trl_ext.prefix_sharing import shared_prefix_log_probs, supports_prefix_sharing
 from trl_ext.trainer_utils import (
     MetricsMixin,
     frozen_copy,
@@ -193,6 +194,10 @@ class RankedGRPOTrainer(MetricsMixin, Trainer):
             add_fused_lm_head(ref_model)
         self.ref_model = prepare_reference_model(self, ref_model)
 
+        self.prefix_sharing = args.prefix_sharing
+        if self.prefix_sharing and (why := supports_prefix_sharing(self.model)) is not None:
+            logger.warning("prefix_sharing=True but %s: training runs unshared", why)
+            self.prefix_sharing = False
         self.epsilon_low = args.epsilon
         self.epsilon_high = args.epsilon_high if args.epsilon_high is not None else args.epsilon
         self._init_metrics()
@@ -282,6 +287,8 @@ class RankedGRPOTrainer(MetricsMixin, Trainer):
     def _per_token_logps(self, model, inputs: dict[str, Any]) -> torch.Tensor:
         """`(N, T-1)` log-probabilities of each next token, 0 outside the completions."""
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        if self.prefix_sharing:  # one packed row per group: the prompt once (trl_ext.prefix_sharing)
+            return shared_prefix_log_probs(model, inputs, labels, inputs["group_index"])[0]
         outputs = model(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],

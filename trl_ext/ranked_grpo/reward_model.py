@@ -131,8 +131,10 @@ def reward_model_for(
     rm_args = reward_config(training_args, reward_args, saved)
     model = models.load_model(model_args, rm_args, head="seq-cls", num_labels=1, tokenizer=tokenizer)
     trainer_cls: Any
+    extra: dict[str, Any] = {}
     if reward_args.reward_loss == "plackett_luce":
         trainer_cls, data = PlackettLuceRewardTrainer, groups
+        extra["prefix_sharing"] = bool(getattr(training_args, "prefix_sharing", False))
     else:
         import dataset_builders
 
@@ -145,6 +147,7 @@ def reward_model_for(
         processing_class=tokenizer,
         peft_config=models.lora_config(model_args, head="seq-cls"),
         callbacks=callbacks,
+        **extra,
     )
     from trl_ext.trainer_utils import trainable_without_mixed_precision
 

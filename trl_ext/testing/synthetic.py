@@ -66,6 +66,7 @@ class ToyTask:
     max_words: int = 8
     seed: int = 0
     conversational: bool = False
+    prompt_words: int = 3  # filler words after the topic; more makes the long shared prompts of benchmarks
 
     # --- the ground truth -------------------------------------------------------------------------------------
     def z_length(self, response: str) -> float:
@@ -80,7 +81,7 @@ class ToyTask:
     # --- sampling ---------------------------------------------------------------------------------------------
     def _prompt(self, rng: random.Random, split: str) -> str:
         topic = rng.choice(_TOPICS[split])
-        return f"{topic}: " + " ".join(rng.choice(_FILLER) for _ in range(3))
+        return f"{topic}: " + " ".join(rng.choice(_FILLER) for _ in range(self.prompt_words))
 
     def _response(self, rng: random.Random) -> str:
         n = rng.randint(self.min_words, self.max_words)

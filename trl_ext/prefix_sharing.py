@@ -1,0 +1,356 @@
+"""Prefix sharing: the responses of a group (a ranked list, a chosen/rejected pair) share their prompt, so one forward
+pass computes the prompt once and every response after it, instead of one pass per response that recomputes the
+prompt each time (the idea of arXiv:2410.20305, which reports 1.1-1.5x DPO throughput).
+
+How. The `N` right-padded sequences of a batch (each prompt + response, `(N, T)`) are repacked into one row per
+group, `(G, L)`:
+
+    [ trunk = the group's common prompt minus its last token | last prompt token, response 1 | last prompt token,
+      response 2 | ... | padding ]
+
+with a 4D attention mask that lets every token see the trunk and the earlier tokens of its own segment, never
+another response, and position ids that restart after the trunk in every segment, so each segment sees exactly the
+context it has in its own sequence. The last prompt token opens every segment so that, inside a segment, position
+`p` still predicts token `p + 1`: causal-LM labels (`-100` outside the completions) and TRL's fused LM head work on
+the packed row unchanged; a segment's first label is `-100` (what precedes it is the other response). Per-token
+outputs `(G, L-1)` are then gathered back to the unshared layout `(N, T-1)`, gradients included, so every loss is
+computed on exactly the tensors it had before. Equal to the unshared computation up to floating-point summation
+order (tests/test_prefix_sharing.py: padding, truncated prompts, LoRA, 4-bit).
+
+The shared part is the longest common prefix of the group's sequences within their prompts (token-equal at equal
+positions), so truncation that cuts the prompts of a group differently shares less, never wrongly.
+
+Cost. A group of n responses of length R after a prompt of length P runs `P + n (R + 1)` tokens instead of
+`n (P + R)` (plus padding), but its attention is dense over the packed row (the mask is not exploited by sdpa):
+worthwhile when prompts are long against responses, not when responses dominate.
+
+Where it works: attention implementations that take a 4D additive mask with explicit position ids (`eager`, `sdpa`:
+transformers' Llama, Qwen2, Mistral, Gemma...). `flash_attention_*` and `flex_attention` cannot take it, and models
+with sliding-window layers would lose their window under a custom mask: for those, `supports_prefix_sharing` says
+why not and the callers fall back to the unshared forward with one warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_ATTENTION = ("eager", "sdpa")
+
+
+def supports_prefix_sharing(model: Any) -> str | None:
+    """None if `model` can take a packed row (4D additive mask + position ids), else why not, in a few words."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return "the model has no config"
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    implementation = getattr(text, "_attn_implementation", None) or getattr(config, "_attn_implementation", None)
+    if implementation not in SUPPORTED_ATTENTION:
+        return f"attn_implementation={implementation!r} cannot take a 4D attention mask (use 'sdpa' or 'eager')"
+    if "sliding_attention" in (getattr(text, "layer_types", None) or ()) or (
+        getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True)
+    ):
+        return "the model has sliding-window attention layers, which a custom 4D mask would turn into full attention"
+    if getattr(text, "rope_scaling", None) and (text.rope_scaling or {}).get("mrope_section"):
+        return "multimodal rotary positions (mrope) are not plain position ids"
+    return None
+
+
+@dataclass
+class PackedGroups:
+    """A batch of `N` sequences repacked as `G` rows, one per group (see the module docstring).
+
+    `input_ids`, `position_ids`, `labels`, `segments` are `(G, L)`; `segments` is 0 on the trunk, `k + 1` on the
+    k-th member of the group, -1 on padding. `gather_index` `(N, T-1)` holds, for each unshared per-token position,
+    its flat index in a packed per-token tensor `(G, L-1)`, or -1 where the unshared tensor has no value to take
+    (prompt tokens, padding). `last_index` `(N,)`: the flat index in `(G, L)` of each member's last token.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor
+    segments: torch.Tensor
+    gather_index: torch.Tensor
+    last_index: torch.Tensor
+    unshared_tokens: int  # tokens the unshared batch holds (N x T)
+
+    @property
+    def packed_tokens(self) -> int:
+        return int(self.segments.numel())
+
+    def attention_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """`(G, 1, L, L)` additive mask: 0 where query q may attend to key k, the dtype's minimum elsewhere."""
+        seg = self.segments
+        length = seg.size(1)
+        causal = torch.ones(length, length, dtype=torch.bool, device=seg.device).tril()
+        query, key = seg[:, :, None], seg[:, None, :]
+        allowed = causal & (query >= 0) & ((key == 0) | (key == query))
+        allowed |= torch.eye(length, dtype=torch.bool, device=seg.device)  # padding attends to itself (no empty rows)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
+        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+    def unpack(self, packed: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """A per-token tensor of the packed rows, `(G, L-1, ...)` -> `(N, T-1, ...)` in the unshared layout."""
+        flat = packed.reshape(-1, *packed.shape[2:])
+        index = self.gather_index.to(packed.device)
+        taken = flat[index.clamp(min=0)]
+        valid = (index >= 0).reshape(*index.shape, *([1] * (packed.dim() - 2)))
+        return torch.where(valid, taken, torch.full_like(taken, fill))
+
+    def last_token(self, packed: torch.Tensor) -> torch.Tensor:
+        """A per-position tensor of the packed rows, `(G, L, ...)` -> its value at each member's last token, `(N, ...)`."""
+        return packed.reshape(-1, *packed.shape[2:])[self.last_index.to(packed.device)]
+
+
+def pack_groups(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    group_index: torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+    prompt_lengths: torch.Tensor | None = None,
+    pad_token_id: int = 0,
+    pad_to_multiple_of: int | None = None,
+) -> PackedGroups:
+    """Pack right-padded sequences `(N, T)` into one row per group (`group_index` `(N,)`, groups numbered 0..G-1).
+
+    The shared trunk of a group is its longest common prefix, capped at the shortest prompt of the group:
+    `prompt_lengths` `(N,)`, else where each sequence's labels start (`labels != -100`), else no cap. Raises
+    ValueError on left padding or an empty group number.
+    """
+    input_ids, attention_mask = input_ids.cpu(), attention_mask.cpu()
+    n, width = input_ids.shape
+    lengths = attention_mask.sum(1)
+    if not torch.equal(attention_mask.bool(), torch.arange(width)[None, :] < lengths[:, None]):
+        raise ValueError("prefix sharing needs right-padded sequences (attention_mask 1...1 0...0)")
+    if labels is not None:
+        labels = labels.cpu()
+    if prompt_lengths is None:
+        if labels is not None:
+            has_label = labels != -100
+            prompt_lengths = torch.where(has_label.any(1), has_label.int().argmax(1), lengths)
+        else:
+            prompt_lengths = lengths
+    prompt_lengths = prompt_lengths.cpu()
+    groups = group_index.cpu().tolist()
+    num_groups = max(groups) + 1 if groups else 0
+    members: list[list[int]] = [[] for _ in range(num_groups)]
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    if any(not m for m in members):
+        raise ValueError("group_index must number the groups 0..G-1 with no gap")
+
+    rows: list[tuple[list[int], list[int], list[int], list[int]]] = []  # ids, positions, labels, segments
+    gather = torch.full((n, max(width - 1, 0)), -1, dtype=torch.long)
+    last = torch.zeros(n, dtype=torch.long)
+    starts: list[list[tuple[int, int, int]]] = []  # per group: (member, segment start in row, trunk length)
+    for m in members:
+        cap = int(min(min(int(prompt_lengths[i]), int(lengths[i])) for i in m))
+        first = input_ids[m[0], :cap]
+        common = cap
+        for i in m[1:]:
+            differs = (input_ids[i, :cap] != first).nonzero()
+            if len(differs):
+                common = min(common, int(differs[0]))
+        trunk = max(common - 1, 0)
+        ids, positions, labs, segs = first[:trunk].tolist(), list(range(trunk)), [-100] * trunk, [0] * trunk
+        placed = []
+        for k, i in enumerate(m):
+            length = int(lengths[i])
+            start = len(ids)
+            ids += input_ids[i, trunk:length].tolist()
+            positions += list(range(trunk, length))
+            member_labels = labels[i, trunk:length].tolist() if labels is not None else [-100] * (length - trunk)
+            if member_labels:
+                member_labels[0] = -100  # what precedes a segment in the row is not what precedes it in its sequence
+            labs += member_labels
+            segs += [k + 1] * (length - trunk)
+            placed.append((i, start, trunk))
+        rows.append((ids, positions, labs, segs))
+        starts.append(placed)
+
+    packed_width = max(len(r[0]) for r in rows) if rows else 0
+    if pad_to_multiple_of:
+        packed_width = -(-packed_width // pad_to_multiple_of) * pad_to_multiple_of
+    shape = (num_groups, packed_width)
+    packed_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    packed_positions = torch.zeros(shape, dtype=torch.long)
+    packed_labels = torch.full(shape, -100, dtype=torch.long)
+    packed_segments = torch.full(shape, -1, dtype=torch.long)
+    for g, (ids, positions, labs, segs) in enumerate(rows):
+        packed_ids[g, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        packed_positions[g, : len(ids)] = torch.tensor(positions, dtype=torch.long)
+        packed_labels[g, : len(ids)] = torch.tensor(labs, dtype=torch.long)
+        packed_segments[g, : len(ids)] = torch.tensor(segs, dtype=torch.long)
+        for i, start, trunk in starts[g]:
+            length = int(lengths[i])
+            # Unshared per-token position t holds the log-prob of token t + 1. Token u >= trunk + 1 of member i sits
+            # at row position start + u - trunk, and its log-prob at packed per-token position start + u - trunk - 1.
+            tokens = torch.arange(trunk + 1, length)
+            gather[i, tokens - 1] = g * (packed_width - 1) + start + tokens - trunk - 1
+            last[i] = g * packed_width + start + length - 1 - trunk
+    return PackedGroups(
+        input_ids=packed_ids,
+        position_ids=packed_positions,
+        labels=packed_labels,
+        segments=packed_segments,
+        gather_index=gather,
+        last_index=last,
+        unshared_tokens=n * width,
+    )
+
+
+def packed_model_inputs(packed: PackedGroups, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """`input_ids`, the 4D `attention_mask` and `position_ids` for a model forward on the packed rows."""
+    return {
+        "input_ids": packed.input_ids.to(device),
+        "attention_mask": packed.attention_mask(dtype).to(device),
+        "position_ids": packed.position_ids.to(device),
+    }
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype attention scores are computed in: the input embeddings' (4-bit bases keep them in float)."""
+    try:
+        return model.get_input_embeddings().weight.dtype
+    except AttributeError:
+        return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def shared_prefix_log_probs(model: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
+                            group_index: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, Any]:  # fmt: skip
+    """`(N, T-1)` per-token log-probabilities of `labels` (TRL's fused LM head, `fused_lm_head=True`), computed with
+    one packed forward per group; returns them and the model's outputs on the packed rows. `model` may be wrapped
+    (DDP, PEFT); `inputs` holds the unshared `input_ids` and `attention_mask` `(N, T)`."""
+    packed = pack_groups(inputs["input_ids"], inputs["attention_mask"], group_index, labels=labels)
+    device = inputs["input_ids"].device
+    core = _core_model(model)
+    outputs = model(
+        **packed_model_inputs(packed, device, model_dtype(core)),
+        labels=packed.labels.to(device),
+        fused_lm_head=True,
+        use_cache=False,
+        **kwargs,
+    )
+    log_probs = outputs.log_probs[:, -(packed.input_ids.size(1) - 1) :]
+    return packed.unpack(log_probs), outputs
+
+
+def _core_model(model: Any) -> Any:
+    while hasattr(model, "module"):  # DDP and similar wrappers
+        model = model.module
+    return model
+
+
+class PairPrefixSharing:
+    """Forward hooks that make every `fused_lm_head=True` call on a model, made by code we do not own (TRL's
+    `DPOTrainer._compute_loss`, on `[chosen; rejected]` batches of `2B` right-padded sequences), run prefix-shared:
+    a pre-hook repacks the pairs into `B` rows, a post-hook gathers the per-token outputs back to `(2B, T-1)`.
+
+    Register on the policy as the trainer holds it (`self.model`, which DDP/DeepSpeed/FSDP wrap and call) and on a
+    separate reference model. Calls it cannot pack (no attention mask, padding-free batches, an odd batch, an
+    unsupported model) pass through unchanged; the first such call of each kind logs why.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[PackedGroups, int] | None] = []
+        self._warned: set[str] = set()
+        self.packed_tokens = 0
+        self.unshared_tokens = 0
+
+    def register(self, module: torch.nn.Module) -> None:
+        module.register_forward_pre_hook(self._before, with_kwargs=True)
+        # First among the forward hooks: hooks registered earlier (e.g. LengthAwareIPOTrainer's recorder) must see
+        # the outputs in the unshared layout.
+        module.register_forward_hook(self._after, with_kwargs=True, prepend=True)
+
+    def _skip(self, reason: str) -> None:
+        if reason not in self._warned:
+            self._warned.add(reason)
+            logger.warning("prefix sharing skipped: %s; this forward runs unshared", reason)
+
+    def _before(self, module, args, kwargs):
+        if not kwargs.get("fused_lm_head"):
+            return None
+        self._pending.append(None)
+        input_ids, attention_mask, labels = kwargs.get("input_ids"), kwargs.get("attention_mask"), kwargs.get("labels")
+        why = None
+        if args or input_ids is None or attention_mask is None or attention_mask.dim() != 2:
+            why = "the call has no 2D attention_mask (padding-free batches cannot be repacked)"
+        elif "position_ids" in kwargs or input_ids.size(0) % 2:
+            why = "the batch is not [chosen; rejected] pairs"
+        if why is not None:
+            self._skip(why)
+            return None
+        pairs = input_ids.size(0) // 2
+        group_index = torch.arange(pairs).repeat(2)
+        try:
+            packed = pack_groups(input_ids, attention_mask, group_index, labels=labels)
+        except ValueError as error:
+            self._skip(str(error))
+            return None
+        self._pending[-1] = (packed, input_ids.size(1))
+        self.packed_tokens += packed.packed_tokens
+        self.unshared_tokens += packed.unshared_tokens
+        device = input_ids.device
+        kwargs = dict(kwargs, labels=packed.labels.to(device))
+        kwargs.update(packed_model_inputs(packed, device, model_dtype(_core_model(module))))
+        return args, kwargs
+
+    def _after(self, module, args, kwargs, output):
+        if not kwargs.get("fused_lm_head") or not self._pending:
+            return None
+        entry = self._pending.pop()
+        if entry is None:
+            return None
+        packed, width = entry
+        packed_width = packed.input_ids.size(1)
+        for name, value in list(output.items()):
+            # Per-token fields of the fused head: (G, L-1), possibly after virtual tokens of prompt-learning PEFT
+            if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.size(1) >= packed_width - 1 and \
+                    value.size(0) == packed.input_ids.size(0):  # fmt: skip
+                output[name] = packed.unpack(value[:, -(packed_width - 1) :])
+        return output
+
+
+def enable_pair_prefix_sharing(trainer: Any) -> PairPrefixSharing | None:
+    """Hook a `DPOTrainer` (or subclass) whose `args.prefix_sharing` is set: its policy (`trainer.model`) and separate
+    reference (`trainer.ref_model`) run their `fused_lm_head=True` calls prefix-shared. Returns the hooks (their
+    `packed_tokens` / `unshared_tokens` count the work), or None when off or when the model cannot take it (logged)."""
+    if not getattr(trainer.args, "prefix_sharing", False):
+        return None
+    why = supports_prefix_sharing(trainer.model)
+    if why is not None:
+        logger.warning("prefix_sharing=True but %s: training runs unshared", why)
+        return None
+    sharing = PairPrefixSharing()
+    for module in (trainer.model, getattr(trainer, "ref_model", None)):
+        if module is not None:
+            sharing.register(module)
+    return sharing
+
+
+def shared_prefix_scores(model: Any, inputs: dict[str, torch.Tensor], group_index: torch.Tensor) -> torch.Tensor:
+    """`(N, num_labels)` scores of a sequence-classification model (a reward model) at each sequence's last token,
+    computed with one packed forward per group. The shared part is the group's whole common prefix (no labels:
+    every token before a sequence's last is context). The per-position scores are read from the score head with a
+    forward hook, as the model's own pooling would pick one position per packed row."""
+    packed = pack_groups(inputs["input_ids"], inputs["attention_mask"], group_index)
+    device = inputs["input_ids"].device
+    core = _core_model(model)
+    base = core.get_base_model() if hasattr(core, "get_base_model") else core
+    head = next((getattr(base, name) for name in ("score", "classifier") if hasattr(base, name)), None)
+    if head is None:
+        raise ValueError(f"{type(base).__name__} has no `score` or `classifier` head to read per-position scores from")
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        model(**packed_model_inputs(packed, device, model_dtype(core)), use_cache=False)
+    finally:
+        handle.remove()
+    return packed.last_token(captured[-1])
