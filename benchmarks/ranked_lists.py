@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from trl_ext.model_card import library_versions
 
+    git = git_state()  # at the start: the code that runs, whatever changes while it runs
     if args.threads:
         torch.set_num_threads(args.threads)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     meta = {
         "command": command,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "git": git_state(),
+        "git": git,
         "machine": machine(),
         "threads": torch.get_num_threads(),
         "versions": library_versions(),
