@@ -1,4 +1,5 @@
-"""DPO (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290) with TRL's `DPOTrainer`.
+"""DPO (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290) with TRL's `DPOTrainer`; with `prefix_sharing: true`
+(the GPU configs) each pair's prompt is computed once (`trl_ext.dpo.PrefixSharingDPOTrainer`, same loss).
 
 Data: `pairs` (prompt, chosen, rejected), or any shape `dataset_builders` can turn into pairs.
 With `use_peft` the reference model is the base with the adapter disabled (no second copy in memory).
@@ -10,13 +11,12 @@ With `use_peft` the reference model is the base with the adapter disabled (no se
         --dataset_path my_pairs.jsonl --model_name_or_path Qwen/Qwen2.5-7B-Instruct --push_to_hub true
 """
 
-from trl import DPOConfig, DPOTrainer
-
 from trl_ext import models, recipe
+from trl_ext.dpo import PrefixSharingDPOConfig, PrefixSharingDPOTrainer
 
 
 def make_parser():
-    return recipe.make_parser(DPOConfig)
+    return recipe.make_parser(PrefixSharingDPOConfig)
 
 
 def main(argv=None):
@@ -24,7 +24,7 @@ def main(argv=None):
     tokenizer = models.load_tokenizer(model_args, training_args)
     model = models.load_model(model_args, training_args)
     train_ds, eval_ds = recipe.load_datasets(args, method="dpo", seed=training_args.seed)
-    trainer = DPOTrainer(
+    trainer = PrefixSharingDPOTrainer(
         model=model,
         ref_model=None,  # PEFT: base with adapters disabled; full fine-tuning: TRL loads a frozen copy
         args=training_args,

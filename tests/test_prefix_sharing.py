@@ -15,7 +15,12 @@ from trl.trainer.utils import add_fused_lm_head, pad
 
 from trl_ext import LengthAwareIPOConfig, LengthAwareIPOTrainer, RankedGRPOConfig, RankedGRPOTrainer
 from trl_ext.dpo import PrefixSharingDPOConfig, PrefixSharingDPOTrainer
-from trl_ext.prefix_sharing import pack_groups, shared_prefix_log_probs, supports_prefix_sharing
+from trl_ext.prefix_sharing import (
+    pack_groups,
+    packed_model_inputs,
+    shared_prefix_log_probs,
+    supports_prefix_sharing,
+)
 from trl_ext.ranked_grpo import PlackettLuceRewardTrainer
 from trl_ext.testing.synthetic import ToyTask
 
@@ -133,6 +138,20 @@ def test_log_probs_and_gradients_equal_the_unshared_forward(tiny_model_path, att
     assert_grads_close(got_grads, want_grads)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_bf16_compute_takes_the_packed_mask(tiny_model_path, attention):
+    # sdpa gets a boolean mask (valid whatever the compute dtype), eager an additive float32 one (type promotion)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, attn_implementation=attention, dtype=torch.bfloat16)
+    add_fused_lm_head(model)
+    ids, attention_mask, labels, groups = _batch(PROMPTS, RESPONSES)
+    inputs = packed_model_inputs(pack_groups(ids, attention_mask, groups, labels=labels), model, ids.device)
+    assert inputs["attention_mask"].dtype == (torch.bool if attention == "sdpa" else torch.float32)
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True).log_probs
+        got, _ = shared_prefix_log_probs(model, {"input_ids": ids, "attention_mask": attention_mask}, labels, groups)
+    assert got.dtype == want.dtype and (got.float() - want.float()).abs().max() < 1e-2 * want.abs().max()
+
+
 def test_a_4bit_nf4_base_with_lora_gives_the_unshared_numbers(tiny_model_path):
     pytest.importorskip("bitsandbytes")
     from peft import get_peft_model, prepare_model_for_kbit_training
@@ -216,7 +235,9 @@ def _pair_trainers(tiny_model_path, tmp_path, make, **extra):
 def test_prefix_sharing_dpo_equals_trls_dpo_trainer(tiny_model_path, tmp_path, reference, extra):
     def make(model, share, data, out, **kw):
         config = PrefixSharingDPOConfig if share else DPOConfig
-        args = config(out, beta=0.1, per_device_train_batch_size=4, **CPU, **kw)
+        args = config(
+            out, beta=0.1, per_device_train_batch_size=4, **CPU, **kw, **({"prefix_sharing": True} if share else {})
+        )
         trainer_cls = PrefixSharingDPOTrainer if share else DPOTrainer
         peft = _perturbed_lora() if reference == "peft" else None
         if peft is None:
@@ -268,7 +289,7 @@ def test_an_unsupported_model_trains_unshared_with_one_warning(tiny_model_path, 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, attn_implementation="sdpa")
     model.config.sliding_window = 16
     data = Dataset.from_list(ToyTask(seed=6).rows("pairs", 4))
-    args = PrefixSharingDPOConfig(str(tmp_path), beta=0.1, **CPU)
+    args = PrefixSharingDPOConfig(str(tmp_path), beta=0.1, prefix_sharing=True, **CPU)
     with caplog.at_level(logging.WARNING, logger="trl_ext.prefix_sharing"):
         trainer = PrefixSharingDPOTrainer(model, args=args, train_dataset=data, peft_config=_perturbed_lora())
     assert trainer.prefix_sharing is None

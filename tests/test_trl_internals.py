@@ -17,6 +17,7 @@ from trl import DPOTrainer, GRPOConfig, GRPOTrainer, RewardTrainer
 from trl.experimental.orpo import ORPOTrainer as TRLORPOTrainer
 
 from trl_ext import LengthAwareIPOTrainer, PPOTrainer, RankedGRPOConfig, RankedGRPOTrainer
+from trl_ext.dpo import PrefixSharingDPOTrainer
 from trl_ext.ranked_grpo import PlackettLuceRewardTrainer
 
 VERSIONS = f"trl {trl.__version__}, transformers {transformers.__version__}"
@@ -82,6 +83,7 @@ def test_our_overrides_are_the_ones_listed():
     listed = {(owner, name) for owner, name, _, _ in OVERRIDDEN_OR_CALLED}
     ours = {
         LengthAwareIPOTrainer: DPOTrainer,
+        PrefixSharingDPOTrainer: DPOTrainer,
         PlackettLuceRewardTrainer: RewardTrainer,
         RankedGRPOTrainer: Trainer,
         PPOTrainer: Trainer,
@@ -100,6 +102,14 @@ def test_dpo_compute_loss_calls_policy_and_reference_with_the_fused_head():
     source = inspect.getsource(DPOTrainer._compute_loss)
     assert source.count("fused_lm_head=True") == 3, f"DPOTrainer._compute_loss changed in {VERSIONS}"
     assert "self._metrics[mode]" in source and "self.precompute_ref_logps" in source
+
+
+def test_dpo_compute_loss_passes_chosen_then_rejected_as_keywords():
+    # PrefixSharingDPOTrainer (and LengthAwareIPOTrainer with prefix_sharing) repack, in forward hooks, the keyword
+    # inputs of TRL's fused calls as [chosen; rejected] pairs; a positional call or another order would not be packed
+    source = inspect.getsource(DPOTrainer._compute_loss)
+    assert "model(**model_kwargs, labels=labels, fused_lm_head=True)" in source, f"changed in {VERSIONS}"
+    assert "# batch is [chosen, rejected]" in source, f"DPO's batch order changed in {VERSIONS}"
 
 
 def test_fused_lm_head_returns_per_token_log_probs(tiny_model_path):

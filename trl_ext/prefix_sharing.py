@@ -83,16 +83,20 @@ class PackedGroups:
     def packed_tokens(self) -> int:
         return int(self.segments.numel())
 
-    def attention_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """`(G, 1, L, L)` additive mask: 0 where query q may attend to key k, the dtype's minimum elsewhere."""
+    def allowed(self) -> torch.Tensor:
+        """`(G, 1, L, L)` bool: True where query q may attend to key k."""
         seg = self.segments
         length = seg.size(1)
         causal = torch.ones(length, length, dtype=torch.bool, device=seg.device).tril()
         query, key = seg[:, :, None], seg[:, None, :]
         allowed = causal & (query >= 0) & ((key == 0) | (key == query))
         allowed |= torch.eye(length, dtype=torch.bool, device=seg.device)  # padding attends to itself (no empty rows)
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
-        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+        return allowed[:, None]
+
+    def attention_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """`(G, 1, L, L)` additive mask: 0 where query q may attend to key k, the dtype's minimum elsewhere."""
+        mask = torch.zeros(self.segments.size(0), 1, self.segments.size(1), self.segments.size(1), dtype=dtype)
+        return mask.masked_fill_(~self.allowed().to(mask.device), torch.finfo(dtype).min)
 
     def unpack(self, packed: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """A per-token tensor of the packed rows, `(G, L-1, ...)` -> `(N, T-1, ...)` in the unshared layout."""
@@ -205,21 +209,19 @@ def pack_groups(
     )
 
 
-def packed_model_inputs(packed: PackedGroups, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """`input_ids`, the 4D `attention_mask` and `position_ids` for a model forward on the packed rows."""
+def packed_model_inputs(packed: PackedGroups, model: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """`input_ids`, the 4D `attention_mask` and `position_ids` for a forward of `model` on the packed rows. sdpa gets a
+    boolean mask (True = attend), which it takes whatever the compute dtype (bf16 under autocast, a 4-bit base's
+    float embeddings); eager gets an additive float32 mask, which type promotion adds to scores of any dtype."""
+    core = _core_model(model)
+    config = getattr(core, "config", None)
+    implementation = getattr(config, "_attn_implementation", None)
+    mask = packed.allowed() if implementation == "sdpa" else packed.attention_mask(torch.float32)
     return {
         "input_ids": packed.input_ids.to(device),
-        "attention_mask": packed.attention_mask(dtype).to(device),
+        "attention_mask": mask.to(device),
         "position_ids": packed.position_ids.to(device),
     }
-
-
-def model_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype attention scores are computed in: the input embeddings' (4-bit bases keep them in float)."""
-    try:
-        return model.get_input_embeddings().weight.dtype
-    except AttributeError:
-        return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
 
 def shared_prefix_log_probs(model: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
@@ -229,9 +231,8 @@ def shared_prefix_log_probs(model: Any, inputs: dict[str, torch.Tensor], labels:
     (DDP, PEFT); `inputs` holds the unshared `input_ids` and `attention_mask` `(N, T)`."""
     packed = pack_groups(inputs["input_ids"], inputs["attention_mask"], group_index, labels=labels)
     device = inputs["input_ids"].device
-    core = _core_model(model)
     outputs = model(
-        **packed_model_inputs(packed, device, model_dtype(core)),
+        **packed_model_inputs(packed, model, device),
         labels=packed.labels.to(device),
         fused_lm_head=True,
         use_cache=False,
@@ -299,7 +300,7 @@ class PairPrefixSharing:
         self.unshared_tokens += packed.unshared_tokens
         device = input_ids.device
         kwargs = dict(kwargs, labels=packed.labels.to(device))
-        kwargs.update(packed_model_inputs(packed, device, model_dtype(_core_model(module))))
+        kwargs.update(packed_model_inputs(packed, module, device))
         return args, kwargs
 
     def _after(self, module, args, kwargs, output):
@@ -350,7 +351,7 @@ def shared_prefix_scores(model: Any, inputs: dict[str, torch.Tensor], group_inde
     captured: list[torch.Tensor] = []
     handle = head.register_forward_hook(lambda module, args, output: captured.append(output))
     try:
-        model(**packed_model_inputs(packed, device, model_dtype(core)), use_cache=False)
+        model(**packed_model_inputs(packed, model, device), use_cache=False)
     finally:
         handle.remove()
     return packed.last_token(captured[-1])
