@@ -16,6 +16,7 @@ from trl.trainer.utils import add_fused_lm_head, pad
 from trl_ext import LengthAwareIPOConfig, LengthAwareIPOTrainer, RankedGRPOConfig, RankedGRPOTrainer
 from trl_ext.dpo import PrefixSharingDPOConfig, PrefixSharingDPOTrainer
 from trl_ext.prefix_sharing import (
+    PairPrefixSharing,
     pack_groups,
     packed_model_inputs,
     shared_prefix_log_probs,
@@ -294,3 +295,24 @@ def test_an_unsupported_model_trains_unshared_with_one_warning(tiny_model_path, 
         trainer = PrefixSharingDPOTrainer(model, args=args, train_dataset=data, peft_config=_perturbed_lora())
     assert trainer.prefix_sharing is None
     assert "training runs unshared" in caplog.text and "sliding-window" in caplog.text
+
+
+def test_pair_hooks_pack_pairs_and_pass_other_calls_through_with_one_warning(tiny_model_path, caplog):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, attn_implementation="sdpa")
+    add_fused_lm_head(model)
+    ids, attention, labels, _ = _batch([[5, 6, 7, 8]], [[[9, 10], [11]]])  # one pair: chosen, rejected
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True).log_probs
+        sharing = PairPrefixSharing()
+        sharing.register(model)
+        got = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True).log_probs
+        assert (sharing.packed_tokens, sharing.unshared_tokens) == (3 + 3 + 2, 2 * 6)
+        assert_close(got, want, **TOL)
+        with caplog.at_level(logging.WARNING, logger="trl_ext.prefix_sharing"):
+            for _ in range(2):  # an odd batch, twice: one warning
+                odd = model(input_ids=ids[:1], attention_mask=attention[:1], labels=labels[:1], fused_lm_head=True)
+            no_mask = model(input_ids=ids, labels=labels, fused_lm_head=True)  # padding-free style
+    assert sharing.packed_tokens == 8  # nothing more was packed
+    assert_close(odd.log_probs, want[:1], **TOL)
+    assert no_mask.log_probs.shape == want.shape
+    assert caplog.text.count("odd number of sequences") == 1 and caplog.text.count("no 2D attention_mask") == 1

@@ -44,7 +44,7 @@ SUPPORTED_ATTENTION = ("eager", "sdpa")
 
 
 def supports_prefix_sharing(model: Any) -> str | None:
-    """None if `model` can take a packed row (4D additive mask + position ids), else why not, in a few words."""
+    """None if `model` can take a packed row (a 4D attention mask + position ids), else why not, in a few words."""
     config = getattr(model, "config", None)
     if config is None:
         return "the model has no config"
@@ -259,7 +259,7 @@ class PairPrefixSharing:
     """
 
     def __init__(self) -> None:
-        self._pending: list[tuple[PackedGroups, int] | None] = []
+        self._pending: list[PackedGroups | None] = []  # one per call in flight, None for one that runs unshared
         self._warned: set[str] = set()
         self.packed_tokens = 0
         self.unshared_tokens = 0
@@ -283,8 +283,10 @@ class PairPrefixSharing:
         why = None
         if args or input_ids is None or attention_mask is None or attention_mask.dim() != 2:
             why = "the call has no 2D attention_mask (padding-free batches cannot be repacked)"
-        elif "position_ids" in kwargs or input_ids.size(0) % 2:
-            why = "the batch is not [chosen; rejected] pairs"
+        elif "position_ids" in kwargs:
+            why = "the call brings its own position_ids"
+        elif input_ids.size(0) % 2:
+            why = "the batch is not [chosen; rejected] pairs (an odd number of sequences)"
         if why is not None:
             self._skip(why)
             return None
@@ -295,7 +297,7 @@ class PairPrefixSharing:
         except ValueError as error:
             self._skip(str(error))
             return None
-        self._pending[-1] = (packed, input_ids.size(1))
+        self._pending[-1] = packed
         self.packed_tokens += packed.packed_tokens
         self.unshared_tokens += packed.unshared_tokens
         device = input_ids.device
@@ -306,10 +308,9 @@ class PairPrefixSharing:
     def _after(self, module, args, kwargs, output):
         if not kwargs.get("fused_lm_head") or not self._pending:
             return None
-        entry = self._pending.pop()
-        if entry is None:
+        packed = self._pending.pop()
+        if packed is None:
             return None
-        packed, width = entry
         packed_width = packed.input_ids.size(1)
         for name, value in list(output.items()):
             # Per-token fields of the fused head: (G, L-1), possibly after virtual tokens of prompt-learning PEFT
