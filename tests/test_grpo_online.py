@@ -166,9 +166,16 @@ def test_online_recipe_refuses_what_it_cannot_run(tmp_path, monkeypatch, flags, 
 
 @pytest.mark.slow
 def test_online_recipe_trains_a_listwise_reward_model_then_grpo(tmp_path, monkeypatch, tiny_model_path):
+    from trl_ext.ranked_grpo import plackett_luce_reward
+
     monkeypatch.chdir(REPO_ROOT)
+    shared_calls = []
+    scores = plackett_luce_reward.shared_prefix_scores
+    monkeypatch.setattr(plackett_luce_reward, "shared_prefix_scores",
+                        lambda *a, **k: shared_calls.append(1) or scores(*a, **k))  # fmt: skip
     out = load_recipe("grpo").main(_online(tmp_path, "--max_steps", "2", "--rank_within_group", "true",
-                                           "--max_train_samples", "32"))  # fmt: skip
+                                           "--max_train_samples", "32", "--prefix_sharing", "true"))  # fmt: skip
+    assert shared_calls  # the reward model trained with each group's prompt computed once
     assert (out / "adapter_model.safetensors").exists()
     assert (out / "reward_model" / "adapter_model.safetensors").exists()  # reusable with --reward_model_path
     card = (out / "README.md").read_text()
