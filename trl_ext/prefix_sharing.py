@@ -320,15 +320,22 @@ class PairPrefixSharing:
         return output
 
 
+def prefix_sharing_usable(requested: bool, model: Any) -> bool:
+    """Whether to share: `requested` and `model` can take a packed row; when it cannot, one warning says why and the
+    run trains unshared (same loss, the usual forward)."""
+    if not requested:
+        return False
+    why = supports_prefix_sharing(model)
+    if why is not None:
+        logger.warning("prefix_sharing=True but %s: training runs unshared", why)
+    return why is None
+
+
 def enable_pair_prefix_sharing(trainer: Any) -> PairPrefixSharing | None:
     """Hook a `DPOTrainer` (or subclass) whose `args.prefix_sharing` is set: its policy (`trainer.model`) and separate
     reference (`trainer.ref_model`) run their `fused_lm_head=True` calls prefix-shared. Returns the hooks (their
     `packed_tokens` / `unshared_tokens` count the work), or None when off or when the model cannot take it (logged)."""
-    if not getattr(trainer.args, "prefix_sharing", False):
-        return None
-    why = supports_prefix_sharing(trainer.model)
-    if why is not None:
-        logger.warning("prefix_sharing=True but %s: training runs unshared", why)
+    if not prefix_sharing_usable(getattr(trainer.args, "prefix_sharing", False), trainer.model):
         return None
     sharing = PairPrefixSharing()
     for module in (trainer.model, getattr(trainer, "ref_model", None)):

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from trl import RewardTrainer
 from trl.trainer.utils import pad
 
-from trl_ext.prefix_sharing import shared_prefix_scores, supports_prefix_sharing
+from trl_ext.prefix_sharing import prefix_sharing_usable, shared_prefix_scores
 from trl_ext.tokenization import encode_sequence, pad_token_id
 
 from .ranked_grpo_loss import group_kendall_tau, group_sum, plackett_luce_loss
@@ -53,10 +53,7 @@ class PlackettLuceRewardTrainer(RewardTrainer):
             pad_token_id(tokenizer) if tokenizer is not None else 0
         )
         super().__init__(*args, data_collator=collator, **kwargs)
-        self.prefix_sharing = prefix_sharing
-        if prefix_sharing and (why := supports_prefix_sharing(self.model)) is not None:
-            logger.warning("prefix_sharing=True but %s: the reward model trains unshared", why)
-            self.prefix_sharing = False
+        self.prefix_sharing = prefix_sharing_usable(prefix_sharing, self.model)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if "responses_ids" in dataset.column_names:

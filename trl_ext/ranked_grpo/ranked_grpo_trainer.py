@@ -23,7 +23,7 @@ from trl.trainer.utils import (
 )
 
 from trl_ext.models import causal_lm_from, tokenizer_from
-from trl_ext.prefix_sharing import shared_prefix_log_probs, supports_prefix_sharing
+from trl_ext.prefix_sharing import prefix_sharing_usable, shared_prefix_log_probs
 from trl_ext.trainer_utils import (
     MetricsMixin,
     frozen_copy,
@@ -194,10 +194,7 @@ class RankedGRPOTrainer(MetricsMixin, Trainer):
             add_fused_lm_head(ref_model)
         self.ref_model = prepare_reference_model(self, ref_model)
 
-        self.prefix_sharing = args.prefix_sharing
-        if self.prefix_sharing and (why := supports_prefix_sharing(self.model)) is not None:
-            logger.warning("prefix_sharing=True but %s: training runs unshared", why)
-            self.prefix_sharing = False
+        self.prefix_sharing = prefix_sharing_usable(args.prefix_sharing, self.model)
         self.epsilon_low = args.epsilon
         self.epsilon_high = args.epsilon_high if args.epsilon_high is not None else args.epsilon
         self._init_metrics()
