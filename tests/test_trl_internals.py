@@ -164,3 +164,29 @@ def test_private_helpers_we_import_exist():
     assert issubclass(PPOConfig, _BaseConfig) and issubclass(PPOTrainer, _BaseTrainer)
     assert common_prefix_length([1, 2, 3], [1, 2, 4]) == 2
     assert pad([torch.tensor([1]), torch.tensor([2, 3])], 0, "left").tolist() == [[0, 1], [2, 3]]
+
+
+def test_torch_mem_tracker_internals_trl_ext_memory_overrides():
+    """trl_ext.memory.TrainableMemTracker overrides and calls private MemTracker methods (torch has no public hook
+    for frozen tensors or for a module called twice per step)."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+    from torch.utils._python_dispatch import _disable_current_modes  # noqa: F401 (HostValues runs data ops for real)
+
+    expected = {
+        "_track_module_params_and_buffers": ["self", "module", "install_grad_hooks"],
+        "_update_and_maybe_create_winfos": ["self", "t", "reftype"],
+        "_pre_fw_hook": ["self", "module", "inputs"],
+        "_post_fw_hook": ["self", "module", "inputs", "outputs"],
+        "_pre_bw_hook": ["self", "module", "args"],
+        "_post_bw_hook": ["self", "module", "args"],
+        "_update_peak_stats": ["self", "peak_state"],
+    }
+    for name, params in expected.items():
+        method = getattr(MemTracker, name, None)
+        assert method is not None, f"MemTracker.{name} is gone in torch {torch.__version__}"
+        found = list(inspect.signature(method).parameters)
+        assert found[: len(params)] == params, f"MemTracker.{name} changed in torch {torch.__version__}: {found}"
+    tracker = MemTracker()
+    for attribute in ("_curr_mem_snap", "_peak_mem", "_peak_mem_snap", "_param_to_grad_hook_handles", "_ac_mod",
+                      "_in_ac", "_mod_tracker", "memory_tracking"):  # fmt: skip
+        assert hasattr(tracker, attribute), f"MemTracker().{attribute} is gone in torch {torch.__version__}"

@@ -5,6 +5,7 @@
     trl-ext configs                                          # every packaged config and what it is for
     trl-ext data inspect my_pairs.jsonl                      # = python -m dataset_builders inspect ...
     trl-ext evaluate --model_name_or_path outputs/dpo-tiny-cpu --dataset_path heldout.jsonl
+    trl-ext plan --config dpo/qlora-24gb --gpu_memory 24          # will it fit? (trl_ext.plan)
 
 A clone keeps working as before (`accelerate launch recipes/dpo.py --config recipes/configs/dpo/tiny-cpu.yaml`): the
 same scripts are the package `trl_ext.recipes` in the wheel (setup.py maps `recipes/` there).
@@ -25,6 +26,7 @@ OTHER_COMMANDS = {
     "data": "inspect or convert a data file (inspect | convert; --help for their options)",
     "evaluate": "evaluate a trained adapter or model against its base (recipes/evaluate.py)",
     "rlhf": "SFT -> reward model -> PPO in one command (recipes/rlhf_pipeline.py)",
+    "plan": "predict a config's peak GPU memory and whether it fits (--config C [--model M] [--gpu_memory GiB])",
 }
 USAGE = f"""usage: trl-ext <command> [options]
 
@@ -175,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_recipe("evaluate", rest)
         if command == "rlhf":
             return run_recipe("rlhf_pipeline", rest)
+        if command == "plan":
+            from trl_ext.plan import main as plan_main
+
+            return plan_main(rest)
         raise CLIError(f"unknown command {command!r} (one of: {', '.join([*METHODS, *OTHER_COMMANDS])})")
     except _one_line_errors() as error:
         print(f"trl-ext {command}: error: {error}", file=sys.stderr)

@@ -429,6 +429,9 @@ def train(trainer: Trainer) -> dict[str, float]:
     from trl_ext.trainer_utils import trainable_without_mixed_precision
 
     trainable_without_mixed_precision(trainer.model, trainer.args)  # before the optimizer exists
+    from trl_ext.plan import warn_if_too_big
+
+    warn_if_too_big(trainer)  # on a GPU: says before the first step when the run will not fit the card
     result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
     metrics = dict(result.metrics)
     trainer.log_metrics("train", metrics)

@@ -1,0 +1,496 @@
+"""Will a run fit? The peak GPU memory of a recipe config, predicted in milliseconds without building the model.
+
+    python -m trl_ext.plan --config recipes/configs/dpo/qlora-24gb.yaml [--model Qwen/Qwen2.5-14B-Instruct]
+                           [--gpu_memory 24] [--json] [--set max_length=2048 ...]
+    trl-ext plan --config dpo/qlora-24gb
+
+The prediction has two parts:
+
+- **Exact sizes** from the model's shapes (`trl_ext.memory.model_shapes`: its `config.json` or the published Qwen2.5
+  shapes) and the config: 4-bit NF4 weights with their quantization statistics, the embeddings and norms (float32
+  after k-bit preparation where the trainer keeps them so), LoRA, the optimizer state, a second 4-bit reward model
+  for PPO and online GRPO, the KV cache of a rollout.
+- **Activations** as bytes per token of the step's sequences: `4 h` per decoder layer (gradient checkpointing keeps
+  each layer's float32 input), `width` bytes per `(h + I)` (the one layer being recomputed in the backward pass),
+  and `head` bytes per vocabulary entry per token through the LM head (its logits and their gradient). `width` and
+  `head` depend on what each trainer computes (ORPO materialises full logits, the reward model has no LM head); they
+  are fitted per method on measurements of two small shapes (`fit`, from `benchmarks/results/memory.json`'s
+  calibration records) and checked on the configs' own models and on sequence lengths the fit never saw
+  (`tests/test_plan.py`: within 10%).
+
+What a CUDA run adds on top of the tensor memory (context, allocator rounding, workspaces) is the fixed
+`trl_ext.memory.CUDA_OVERHEAD_BYTES`; `fits` compares tensors + that allowance with the card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+GIB = 2**30
+METHODS = ("sft", "reward", "dpo", "ipo", "kto", "orpo", "grpo", "grpo-online", "ppo")
+
+# Fitted on benchmarks/results/memory.json's calibration records (Qwen2.5-0.5B and -1.5B shapes) by `fit`;
+# tests/test_plan.py re-fits and checks these are what the records give.
+COEFFICIENTS: dict[str, dict[str, float]] = {}
+
+
+# ------------------------------------------------------------------------------------------------- settings
+@dataclass
+class Shapes:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool
+    qkv_bias: bool = True
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> Shapes:
+        heads = int(config["num_attention_heads"])
+        return cls(
+            hidden=int(config["hidden_size"]),
+            intermediate=int(config["intermediate_size"]),
+            layers=int(config["num_hidden_layers"]),
+            heads=heads,
+            kv_heads=int(config.get("num_key_value_heads") or heads),
+            vocab=int(config["vocab_size"]),
+            tied=bool(config.get("tie_word_embeddings", False)),
+            qkv_bias=config.get("model_type", "qwen2") == "qwen2" or bool(config.get("attention_bias", False)),
+        )
+
+    @property
+    def kv_width(self) -> int:
+        return self.kv_heads * (self.hidden // self.heads)
+
+    @property
+    def linear_params_per_layer(self) -> int:
+        h, kv, i = self.hidden, self.kv_width, self.intermediate
+        return h * h + 2 * h * kv + h * h + 3 * h * i  # q, k, v, o, gate, up, down
+
+    @property
+    def lora_width_per_layer(self) -> int:
+        """Sum of (in + out) over the seven linear layers: LoRA holds r x this per layer."""
+        h, kv, i = self.hidden, self.kv_width, self.intermediate
+        return 2 * h + 2 * (h + kv) + 2 * h + 3 * (h + i)
+
+
+def _method_of(config_path: Path, settings: dict[str, Any]) -> str:
+    method = config_path.parent.name
+    if method == "grpo" and settings.get("mode") == "online":
+        return "grpo-online"
+    return method
+
+
+@dataclass
+class Run:
+    """What the memory of a step depends on, read from a recipe config (unset fields take the trainers' defaults)."""
+
+    method: str
+    micro_batch: int
+    max_length: int
+    prompt_length: int
+    completion_length: int
+    group_size: int
+    num_generations: int
+    gradient_accumulation: int
+    num_mini_batches: int
+    generation_batch: int | None
+    lora_r: int
+    nested_quant: bool
+    load_in_4bit: bool
+    optimizer_bytes_per_param: float
+    prefix_sharing: bool
+
+    @classmethod
+    def of(cls, method: str, settings: dict[str, Any], group_size: int = 4) -> Run:
+        optim = str(settings.get("optim") or "adamw_torch")
+        return cls(
+            method=method,
+            micro_batch=int(settings.get("per_device_train_batch_size") or 8),
+            max_length=int(settings.get("max_length") or 1024),
+            prompt_length=int(settings.get("max_prompt_length") or 512),
+            completion_length=int(settings.get("max_completion_length") or (256 if method == "grpo-online" else 512)),
+            group_size=group_size,
+            num_generations=int(settings.get("num_generations") or 8),
+            gradient_accumulation=int(settings.get("gradient_accumulation_steps") or 1),
+            num_mini_batches=int(settings.get("num_mini_batches") or 1),
+            generation_batch=settings.get("generation_batch_size")
+            or (
+                int(settings["steps_per_generation"]) * int(settings.get("per_device_train_batch_size") or 8)
+                if settings.get("steps_per_generation")
+                else None
+            ),
+            lora_r=int(settings.get("lora_r") or 16) if settings.get("use_peft", True) else 0,
+            nested_quant=bool(settings.get("use_bnb_nested_quant", False)),
+            load_in_4bit=bool(settings.get("load_in_4bit", False)),
+            # two moments per trainable parameter: 1 byte each in 8-bit optimizers (bitsandbytes; plus a float32
+            # absmax per 256-value block of each), 4 bytes otherwise
+            optimizer_bytes_per_param=2.0 + 8 / 256 if "8bit" in optim else 8.0,
+            prefix_sharing=bool(settings.get("prefix_sharing", False)),
+        )
+
+    # tokens of one micro-step's forward with gradients, and of those through the LM head
+    def train_tokens(self) -> int:
+        b, n = self.micro_batch, self.group_size
+        if self.method in ("sft", "kto"):
+            return b * self.max_length
+        if self.method in ("reward", "dpo", "ipo", "orpo"):
+            return 2 * b * self.max_length  # chosen and rejected (prefix sharing saves the prompt: ~0 at worst)
+        if self.method == "grpo":
+            p, c = self.prompt_length, self.completion_length
+            return b * (p + n * c) if self.prefix_sharing else b * n * (p + c)
+        return b * (self.prompt_length + self.completion_length)  # grpo-online, ppo: sequences of a micro-batch
+
+    def generated_sequences(self) -> int:
+        """Sequences sampled at once (online GRPO: a generation batch; PPO: a rollout); 0 offline."""
+        if self.method == "grpo-online":
+            return int(self.generation_batch or self.micro_batch * self.gradient_accumulation)
+        if self.method == "ppo":
+            return self.micro_batch * self.gradient_accumulation * self.num_mini_batches
+        return 0
+
+
+# ------------------------------------------------------------------------------------------------- sizes
+def four_bit_bytes(params: int, nested: bool) -> float:
+    """NF4: half a byte per weight, an absmax per 64 (one byte with double quantization, plus a float32 per 256 of
+    those; four bytes without)."""
+    blocks = params / 64
+    return params / 2 + (blocks + blocks / 256 * 4 if nested else blocks * 4)
+
+
+def static_bytes(
+    shapes: Shapes, run: Run, coefficients: dict[str, dict[str, float]] | None = None
+) -> dict[str, float]:
+    """Parameters (policy, reward model) and optimizer state, which live through the whole run."""
+    coefficients = COEFFICIENTS if coefficients is None else coefficients
+    h, layers = shapes.hidden, shapes.layers
+    linear = shapes.linear_params_per_layer * layers
+    small = layers * (2 * h + (h + 2 * shapes.kv_width if shapes.qkv_bias else 0)) + h  # norms, q/k/v biases
+    embeddings = shapes.vocab * h * (1 if shapes.tied or run.method == "reward" else 2)
+    lora = run.lora_r * shapes.lora_width_per_layer * layers
+    if run.method == "reward":
+        lora += h  # the score head, trained in full
+    embedding_bytes = coefficients.get(run.method, {}).get(
+        "embedding_bytes", 4.0
+    )  # float32 after k-bit preparation, unless recast
+    base = four_bit_bytes(linear, run.nested_quant) if run.load_in_4bit else 2 * linear
+    parameters = base + 4 * small + embedding_bytes * embeddings + 4 * lora
+    if run.method in ("ppo", "grpo-online"):  # the reward model: 4-bit, no k-bit preparation, no LM head
+        parameters += (four_bit_bytes(linear, run.nested_quant) if run.load_in_4bit else 2 * linear) + 2 * small
+        parameters += 2 * shapes.vocab * h
+    return {"parameters": parameters, "optimizer": run.optimizer_bytes_per_param * lora}
+
+
+def activation_features(shapes: Shapes, run: Run) -> dict[str, float]:
+    """The per-token quantities the activation terms multiply: checkpointed layer inputs (bytes, exact), tokens x
+    (h + I) and tokens x vocabulary (fitted bytes per unit), and the rollout's KV cache (bytes, exact)."""
+    tokens = run.train_tokens()
+    generated = run.generated_sequences() * (run.prompt_length + run.completion_length)
+    return {
+        "checkpoints": 4.0 * tokens * shapes.layers * shapes.hidden,
+        "width": float(tokens * (shapes.hidden + shapes.intermediate)),
+        "head": float(tokens * shapes.vocab),
+        "kv_cache": 2.0 * 2 * generated * shapes.layers * shapes.kv_width,  # k and v, bf16
+        "rollout_width": float(generated * (shapes.hidden + shapes.intermediate)),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- prediction
+@dataclass
+class Prediction:
+    config: str
+    model: str
+    method: str
+    peak_bytes: int
+    categories: dict[str, int]
+    cuda_overhead_bytes: int
+    gpu_memory_bytes: int | None = None
+    fits: bool | None = None
+    suggestions: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def predict_bytes(
+    shapes: Shapes, run: Run, coefficients: dict[str, dict[str, float]] | None = None
+) -> dict[str, float]:
+    """Categories of the predicted peak, in bytes: parameters, optimizer, activations (the step's kept tensors and
+    the rollout's cache) and temporaries (the LM head's logits and gradients, the recomputed layer)."""
+    coefficients = COEFFICIENTS if coefficients is None else coefficients
+    c = coefficients.get(run.method, {})
+    static = static_bytes(shapes, run, coefficients)
+    features = activation_features(shapes, run)
+    activations = features["checkpoints"] + features["kv_cache"]
+    activations += sum(c.get(name, 0.0) * features[name] for name in FITTED)
+    return {"parameters": static["parameters"], "optimizer": static["optimizer"], "activations": activations}
+
+
+def predict(
+    config: str | Path,
+    *,
+    model: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    gpu_memory_gib: float | None = None,
+    group_size: int = 4,
+) -> Prediction:
+    """The predicted peak of `config` (a recipe YAML) at `model`'s shapes (default: the config's model)."""
+    import yaml
+
+    from trl_ext.memory import CUDA_OVERHEAD_BYTES, model_shapes
+
+    path = Path(config)
+    settings = dict(yaml.safe_load(path.read_text()) or {})
+    settings.update(overrides or {})
+    method = _method_of(path, settings)
+    model_name = model or settings.get("model_name_or_path")
+    if not model_name:
+        raise ValueError(f"{path}: no model_name_or_path; pass --model")
+    shapes = Shapes.of(model_shapes(model_name))
+    run = Run.of(method, settings, group_size=group_size)
+    categories = {key: int(value) for key, value in predict_bytes(shapes, run).items()}
+    peak = sum(categories.values())
+    prediction = Prediction(str(path), model_name, method, peak, categories, CUDA_OVERHEAD_BYTES)
+    if gpu_memory_gib is not None:
+        budget = int(gpu_memory_gib * GIB)
+        prediction.gpu_memory_bytes = budget
+        prediction.fits = peak + CUDA_OVERHEAD_BYTES <= budget
+        prediction.suggestions = suggest(shapes, run, budget - CUDA_OVERHEAD_BYTES)
+    return prediction
+
+
+def suggest(shapes: Shapes, run: Run, tensor_budget: int) -> dict[str, Any]:
+    """The largest per-device batch that fits (gradient accumulation raised to keep the effective batch) and the
+    longest sequence length that fits at the configured batch; None where even 1 / 64 tokens do not fit."""
+    import dataclasses
+
+    def peak(r: Run) -> float:
+        return sum(predict_bytes(shapes, r).values())
+
+    effective = run.micro_batch * run.gradient_accumulation
+    batch = None
+    for size in range(1, 257):
+        if peak(dataclasses.replace(run, micro_batch=size)) > tensor_budget:
+            break
+        batch = size
+    length_field = "max_completion_length" if run.method in ("grpo", "grpo-online", "ppo") else "max_length"
+    longest = None
+    for length in range(64, 65537, 64):
+        changed = (
+            dataclasses.replace(run, completion_length=length)
+            if length_field == "max_completion_length"
+            else dataclasses.replace(run, max_length=length)
+        )
+        if peak(changed) > tensor_budget:
+            break
+        longest = length
+    result: dict[str, Any] = {"per_device_train_batch_size": batch, length_field: longest}
+    if batch is not None and run.method not in ("grpo-online", "ppo"):  # rollouts size their own batches
+        result["gradient_accumulation_steps"] = max(1, math.ceil(effective / batch))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- fitting
+FITTED = ("width", "head", "rollout_width")
+
+
+def fit(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per-method coefficients from measured records (`benchmarks/results/memory.json`).
+
+    - `embedding_bytes`: 4 (float32 after k-bit preparation) or 2 (a trainer that casts them back to bf16),
+      whichever makes the exact parameter bytes match the measured parameters category.
+    - `width`, `head`, `rollout_width`: non-negative least squares of what the measured peak holds beyond the exact
+      terms (parameters, optimizer, checkpoints, KV cache) on the features of `activation_features`.
+    """
+    import numpy as np
+
+    from trl_ext.memory import model_shapes
+
+    coefficients: dict[str, dict[str, float]] = {}
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_method.setdefault(record["method"], []).append(record)
+    for method, rows in sorted(by_method.items()):
+        runs = []
+        for record in rows:
+            shapes = Shapes.of(dict(model_shapes(record["model"]), num_hidden_layers=record["num_layers"]))
+            runs.append((record, shapes, Run.of(method, record["settings"] | record.get("overrides", {}))))
+        errors = {}
+        for embedding_bytes in (4.0, 2.0):
+            trial = {method: {"embedding_bytes": embedding_bytes}}
+            errors[embedding_bytes] = sum(
+                abs(_static(shapes, run, trial)["parameters"] - record["categories"]["parameters"])
+                for record, shapes, run in runs
+            )
+        embedding_bytes = min(errors, key=errors.get)
+        current = {method: {"embedding_bytes": embedding_bytes}}
+        xs, ys = [], []
+        for record, shapes, run in runs:
+            features = activation_features(shapes, run)
+            exact = sum(_static(shapes, run, current).values()) + features["checkpoints"] + features["kv_cache"]
+            xs.append([features[name] for name in FITTED])
+            ys.append(record["peak_bytes"] - exact)
+        x, y = np.array(xs, dtype=float), np.array(ys, dtype=float)
+        active = [i for i in range(len(FITTED)) if x[:, i].any()]
+        solution = np.zeros(len(FITTED))
+        while active:  # least squares, dropping a feature whose coefficient comes out negative
+            values, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
+            if (values >= 0).all():
+                solution[active] = values
+                break
+            active.pop(int(np.argmin(values)))
+        coefficients[method] = {"embedding_bytes": embedding_bytes}
+        coefficients[method].update({name: round(float(v), 6) for name, v in zip(FITTED, solution)})
+    return coefficients
+
+
+def _static(shapes: Shapes, run: Run, coefficients: dict[str, dict[str, float]]) -> dict[str, float]:
+    return static_bytes(shapes, run, coefficients)
+
+
+# ------------------------------------------------------------------------------------------------- start-up check
+_TRAINER_METHODS = {  # the trainer classes the recipes build -> the method whose activation terms apply
+    "PPOTrainer": "ppo", "RankedGRPOTrainer": "grpo", "GRPOTrainer": "grpo-online", "LengthAwareIPOTrainer": "ipo",
+    "DPOTrainer": "dpo", "KTOTrainer": "kto", "ORPOTrainer": "orpo", "PlackettLuceRewardTrainer": "reward",
+    "RewardTrainer": "reward", "SFTTrainer": "sft",
+}  # fmt: skip
+
+
+def trainer_prediction(trainer: Any, gpu_memory_gib: float) -> Prediction | None:
+    """The prediction for a built trainer (its model's config, its arguments, its LoRA rank), or None when the
+    trainer or the model is not one the planner knows."""
+    method = next(
+        (_TRAINER_METHODS[c.__name__] for c in type(trainer).__mro__ if c.__name__ in _TRAINER_METHODS), None
+    )
+    model = trainer.model
+    config = getattr(model, "config", None)
+    if method is None or config is None:
+        return None
+    settings = dict(trainer.args.to_dict())
+    settings["load_in_4bit"] = bool(getattr(model, "is_loaded_in_4bit", False))
+    settings["use_bnb_nested_quant"] = True
+    peft_config = (getattr(model, "peft_config", None) or {}).get("default")
+    settings["use_peft"] = peft_config is not None
+    settings["lora_r"] = getattr(peft_config, "r", 0) if peft_config is not None else 0
+    try:
+        shapes = Shapes.of(config.to_dict())
+    except (KeyError, TypeError):
+        return None
+    run = Run.of(method, settings)
+    categories = {key: int(value) for key, value in predict_bytes(shapes, run).items()}
+    from trl_ext.memory import CUDA_OVERHEAD_BYTES
+
+    budget = int(gpu_memory_gib * GIB)
+    peak = sum(categories.values())
+    return Prediction(
+        config="(this run)", model=str(getattr(config, "_name_or_path", "")), method=method, peak_bytes=peak,
+        categories=categories, cuda_overhead_bytes=CUDA_OVERHEAD_BYTES, gpu_memory_bytes=budget,
+        fits=peak + CUDA_OVERHEAD_BYTES <= budget, suggestions=suggest(shapes, run, budget - CUDA_OVERHEAD_BYTES),
+    )  # fmt: skip
+
+
+def warn_if_too_big(trainer: Any) -> Prediction | None:
+    """On a GPU, before the first step: log a warning with the predicted peak and what would fit when the run will
+    not fit the visible card. Does nothing on the CPU; never stops the run (the prediction can be wrong)."""
+    if getattr(trainer.args, "use_cpu", False):
+        return None
+    gpu = visible_gpu_memory_gib()
+    if gpu is None:
+        return None
+    prediction = trainer_prediction(trainer, gpu)
+    if prediction is not None and not prediction.fits:
+        import logging
+
+        total = (prediction.peak_bytes + prediction.cuda_overhead_bytes) / GIB
+        advice = ", ".join(f"{key} {value}" for key, value in prediction.suggestions.items() if value is not None)
+        logging.getLogger(__name__).warning(
+            "this run is predicted to need %.1f GiB (%.1f GiB of tensors + %.1f GiB CUDA allowance) and the GPU has "
+            "%.1f GiB: expect an out-of-memory error. What fits (trl-ext plan): %s",
+            total, prediction.peak_bytes / GIB, prediction.cuda_overhead_bytes / GIB, gpu, advice or "nothing",
+        )  # fmt: skip
+    return prediction
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trl-ext plan",
+        description="Predict a recipe config's peak GPU memory (per category) and whether it fits a card, in "
+        "seconds and without building the model. Tensor memory plus a fixed CUDA allowance; see docs/recipes.md.",
+    )
+    parser.add_argument("--config", required=True, help="a recipe YAML (or a packaged name such as dpo/qlora-24gb)")
+    parser.add_argument("--model", help="another model: a Hub name with known shapes, or a folder with config.json")
+    parser.add_argument("--gpu_memory", type=float, help="the card's memory in GiB (default: the visible GPU's)")
+    parser.add_argument("--group_size", type=int, default=4, help="offline GRPO: responses per ranked group")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override config fields")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def visible_gpu_memory_gib() -> float | None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_properties(0).total_memory / GIB
+    except Exception:  # noqa: BLE001 - no usable CUDA: no default card
+        return None
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        from trl_ext.cli import resolve_config
+
+        config = resolve_config(args.config, "")
+        overrides = {}
+        for item in args.set:
+            if "=" not in item:
+                raise ValueError(f"--set {item}: expected FIELD=VALUE")
+            key, value = item.split("=", 1)
+            overrides[key] = _parse_value(value)
+        gpu = args.gpu_memory if args.gpu_memory is not None else visible_gpu_memory_gib()
+        prediction = predict(config, model=args.model, overrides=overrides, gpu_memory_gib=gpu,
+                             group_size=args.group_size)  # fmt: skip
+    except Exception as error:  # noqa: BLE001 - one line, exit 2, as every command of the CLI
+        print(f"trl-ext plan: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(prediction.to_dict()))
+        return 0
+    print(report(prediction))
+    return 0
+
+
+def report(prediction: Prediction) -> str:
+    lines = [f"{prediction.config} ({prediction.method}) at {prediction.model}'s shapes:"]
+    for key, value in prediction.categories.items():
+        lines.append(f"  {key:12s} {value / GIB:7.2f} GiB")
+    lines.append(f"  {'peak tensors':12s} {prediction.peak_bytes / GIB:7.2f} GiB")
+    total = prediction.peak_bytes + prediction.cuda_overhead_bytes
+    lines.append(f"  + CUDA allowance {prediction.cuda_overhead_bytes / GIB:.1f} GiB = {total / GIB:.2f} GiB")
+    if prediction.gpu_memory_bytes is not None:
+        verdict = "fits" if prediction.fits else "does NOT fit"
+        lines.append(f"  {verdict} a {prediction.gpu_memory_bytes / GIB:.1f} GiB card")
+        s = prediction.suggestions
+        lines.append("  largest that fits: " + ", ".join(f"{k} {v}" for k, v in s.items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
