@@ -123,6 +123,32 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def detail_table(records: list[dict]) -> str:
+    """Markdown for docs/recipes.md: every config's categories at the peak, the planner's prediction and its error,
+    then the held-out lengths."""
+    from trl_ext.memory import CUDA_OVERHEAD_BYTES
+    from trl_ext.plan import predict
+
+    lines = [
+        "| config | model | parameters | optimizer | activations | temporaries | **peak tensors** | + 1.5 allowance "
+        "| planner | error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for record in records:
+        if record["role"] not in ("config", "held-out"):
+            continue
+        c = {k: v / GIB for k, v in record["categories"].items()}
+        peak = record["peak_bytes"] / GIB
+        planned = predict(config_path(record["config"]), overrides=record.get("overrides")).peak_bytes / GIB
+        name = record["config"] + "".join(f" {k}={v}" for k, v in (record.get("overrides") or {}).items())
+        lines.append(
+            f"| {name} | {record['model'].split('/')[-1]} | {c['parameters']:.2f} | {c['optimizer']:.2f} | "
+            f"{c['activations']:.2f} | {c['temporaries']:.2f} | **{peak:.2f}** | "
+            f"{peak + CUDA_OVERHEAD_BYTES / GIB:.1f} | {planned:.2f} | {planned / peak - 1:+.1%} |"
+        )
+    return "\n".join(lines)
+
+
 def linearity(name: str) -> list[dict]:
     """Each category at 1, 2, 3 and 4 decoder layers, a least-squares line through them, and its residuals."""
     records = [measure(name, role="linearity", layers=layers) for layers in (1, 2, 3, 4)]
@@ -152,10 +178,26 @@ def main(argv=None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave memory.json as it is")
     parser.add_argument("--roles", default="config,calibration,held-out", help="which sets to measure")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"where to write (default {RESULTS.name})")
-    parser.add_argument("--merge", nargs="+", type=Path, help="join these outputs of earlier runs into --output")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        help="join these outputs into --output (a later file's record replaces an earlier one's)",
+    )
+    parser.add_argument("--tables", action="store_true", help="print README's and docs' tables from --output")
+    parser.add_argument("--num_layers", type=int, help="fewer decoder layers (a quick check; not for the results)")
     args = parser.parse_args(argv)
-    if args.merge:  # two processes on two cores, then one file
-        records = [record for part in args.merge for record in json.loads(part.read_text())]
+    if args.tables:
+        records = json.loads(args.output.read_text())
+        print(table(records) + "\n\n" + detail_table(records))
+        return 0
+    if args.merge:  # two processes on two cores, then one file; a later file's record replaces an earlier one's
+        merged: dict[tuple, dict] = {}
+        for part in args.merge:
+            for record in json.loads(part.read_text()):
+                key = (record["role"], record["config"], record["model"], json.dumps(record.get("overrides") or {}))
+                merged[key] = record
+        records = list(merged.values())
         args.output.write_text(json.dumps(records, indent=1) + "\n")
         print(table(records))
         print(f"wrote {len(records)} records to {args.output}")
@@ -170,7 +212,7 @@ def main(argv=None) -> int:
         for name in args.linearity or ["dpo/qlora-24gb"]:
             records += linearity(name)
     for name in names if "config" in roles else []:
-        records.append(measure(name, role="config"))
+        records.append(measure(name, role="config", layers=args.num_layers))
     if not args.no_calibration and "calibration" in roles:
         for name in names:
             for model in CALIBRATION_MODELS:

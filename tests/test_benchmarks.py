@@ -120,3 +120,30 @@ def test_ranked_lists_runs_every_way_and_sharing_changes_the_cost_not_the_result
         r"listwise\+prefix vs all-pairs DPO: speedup \d+\.\d\d x, Kendall tau -?\d\.\d{3} vs -?\d\.\d{3}", last
     )
     assert json.loads((tmp_path / "r.json").read_text())["meta"]["prompt_ratio"]["long"] >= 4
+
+
+def test_memory_benchmark_records_a_config_with_its_provenance(tmp_path, capsys):
+    """benchmarks/memory.py on one config at one decoder layer: a record with the categories, how and where it was
+    measured, the commit; the README table row for its method."""
+    memory = _load("memory")
+    output = tmp_path / "memory.json"
+    assert memory.main(["--configs", "dpo/qlora-12gb", "--roles", "config", "--num_layers", "1", "--output",
+                        str(output)]) == 0  # fmt: skip
+    (record,) = json.loads(output.read_text())
+    assert record["config"] == "dpo/qlora-12gb" and record["num_layers"] == 1 and record["role"] == "config"
+    assert record["peak_bytes"] == sum(record["categories"].values()) > 2**30  # the 3B model's fp32 embeddings
+    assert record["commit"] and "versions" in record and "MemTracker" in record["how"]
+    assert "| dpo | - | " in capsys.readouterr().out  # the 24 GB column is empty, the 12 GB one filled
+
+
+@pytest.mark.slow
+def test_gpu_memory_benchmark_runs_its_real_weight_path_on_the_cpu(tmp_path, capsys):
+    """benchmarks/gpu_memory.py's path with real random 4-bit weights (bitsandbytes' Params4bit, as transformers
+    quantizes), here on the CPU at one layer of Qwen2.5-0.5B: it trains and reports a rate (a GPU run adds the peak)."""
+    gpu_memory = _load("gpu_memory")
+    output = tmp_path / "gpu.json"
+    assert gpu_memory.main(["--device", "cpu", "--model", "Qwen/Qwen2.5-0.5B", "--num_layers", "1", "--configs",
+                            "dpo/qlora-12gb", "--output", str(output)]) == 0  # fmt: skip
+    (record,) = json.loads(output.read_text())
+    assert "error" not in record and record["tokens_per_second"] > 0
+    assert record["extra"]["train_seconds"] > 0 and record["how"].startswith("the recipe's own trainer on the device")

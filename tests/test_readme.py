@@ -100,7 +100,7 @@ TRL_EXT = [w for w in COMMANDS if w[0] == "trl-ext"]
 @pytest.mark.parametrize("words", TRL_EXT, ids=_id)
 def test_readme_trl_ext_commands(words, monkeypatch, capsys):
     """`trl-ext` lines: methods parse through their recipe (packaged config names resolved, placeholders allowed);
-    `configs` runs; `data` and `evaluate` parse."""
+    `configs` and `plan` run; `data` and `evaluate` parse."""
     from trl_ext import cli
 
     monkeypatch.chdir(REPO_ROOT)
@@ -124,6 +124,9 @@ def test_readme_trl_ext_commands(words, monkeypatch, capsys):
         _parser().parse_args(args)
     elif command == "evaluate":
         load_recipe("evaluate").make_parser().parse_args_and_config(args)
+    elif command == "plan":  # the planner runs in milliseconds: run it
+        assert cli.main(words[1:]) == 0
+        assert "peak tensors" in capsys.readouterr().out
     else:
         pytest.fail(f"README shows an unknown trl-ext command: {command}")
 

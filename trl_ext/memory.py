@@ -47,10 +47,10 @@ logger = logging.getLogger(__name__)
 
 GIB = 2**30
 
-# What a CUDA run adds to the tensor memory counted here: the CUDA context (cuBLAS/cuDNN handles, the loaded kernels;
-# about 0.3-0.6 GiB on recent drivers, PyTorch's CUDA memory notes), the caching allocator's block rounding and
-# fragmentation, and kernels' workspaces. 1.5 GiB is the allowance the planner adds; `benchmarks/gpu_memory.py`
-# measures the real difference on a GPU (torch.cuda.max_memory_reserved vs this count).
+# What a CUDA run adds to the tensor memory counted here: the CUDA context (cuBLAS/cuDNN handles and loaded kernels:
+# 781 MiB in nvidia-smi before any tensor, pytorch/pytorch#34323; `torch.cuda.memory_allocated`'s documentation notes
+# it), the caching allocator's rounding and fragmentation, and kernels' workspaces. A fixed allowance, not measured
+# here: benchmarks/gpu_memory.py measures reserved vs allocated on a GPU.
 CUDA_OVERHEAD_BYTES = int(1.5 * GIB)
 
 # Published architectures (config.json of each Hub repository; the Instruct models share their base's shapes).
@@ -110,13 +110,13 @@ class HostValues(TorchDispatchMode):
         kwargs = kwargs or {}
         tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         fake = any(isinstance(t, FakeTensor) for t in tensors)
-        if fake and func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.equal.default):
+        if fake and func is torch.ops.aten.equal.default:
+            return True
+        if fake and func is torch.ops.aten._local_scalar_dense.default:
             dtype = args[0].dtype
-            return (
-                True
-                if dtype == torch.bool or func is torch.ops.aten.equal.default
-                else (1.0 if dtype.is_floating_point else 1)
-            )
+            if dtype == torch.bool:
+                return True
+            return 1.0 if dtype.is_floating_point else 1
         if func is torch.ops.aten.nonzero.default and fake:  # fake values: every entry counts (the worst case)
             with _disable_current_modes():
                 return torch.ones(args[0].shape, dtype=torch.bool).nonzero()
@@ -146,13 +146,16 @@ class HostValues(TorchDispatchMode):
 def _swap_or_set_data(original):
     """`torch.utils.swap_tensors` for `Module.to()` on fake parameters: torch always swaps a FakeTensor parameter,
     which fails once anything holds a weak reference to it (FakeTensorMode does) and would drop the attributes a
-    4-bit weight carries (its quantization state); setting `.data` keeps both."""
+    4-bit weight carries (its quantization state); setting `.data` keeps both. A packed 4-bit weight ignores a dtype
+    change (`reward_model.to(torch.bfloat16)` would otherwise turn its uint8 codes into bf16 numbers)."""
 
     def swap(t1, t2):
         from torch._subclasses.fake_tensor import FakeTensor
 
         if not isinstance(t1, FakeTensor):
             return original(t1, t2)
+        if getattr(t1, "bnb_quantized", False) and t2.dtype != t1.dtype:
+            return  # packed 4-bit codes keep their storage dtype under .to(dtype), as bitsandbytes' Params4bit.to does
         t1.data = t2.detach()
 
     return swap
@@ -285,6 +288,9 @@ def _quantize_linear_weights(model, quantization_config, device: str | None = No
                 setattr(weight, key, value)
             weight.quant_state, weight.bnb_quantized, weight.module = state, True, module
             module.weight = weight
+            # bitsandbytes repacks a CPU model's weights for AVX-512 inference on its first no-grad forward; a CUDA
+            # run keeps them as they are, and so does the measurement (the repacked codes would count as activations)
+            module.support_avx512bf16_for_cpu = False
         del source
         if module.bias is not None:
             module.bias = torch.nn.Parameter(dense.pop(f"{name}.bias").data, requires_grad=False)

@@ -189,15 +189,22 @@ def static_bytes(
     return {"parameters": parameters, "optimizer": run.optimizer_bytes_per_param * lora}
 
 
+# TRL's fused LM head (trl/kernels/chunked_logprob.py) projects TOKEN_CHUNK_SIZE tokens at a time: what it holds
+# per token of the vocabulary is bounded by that many tokens, whatever the sequence length.
+FUSED_HEAD_TOKENS = 4096
+FUSED_HEAD_METHODS = ("sft", "dpo", "ipo", "kto", "grpo", "grpo-online")
+
+
 def activation_features(shapes: Shapes, run: Run) -> dict[str, float]:
     """The per-token quantities the activation terms multiply: checkpointed layer inputs (bytes, exact), tokens x
-    (h + I) and tokens x vocabulary (fitted bytes per unit), and the rollout's KV cache (bytes, exact)."""
+    (h + I) and LM-head tokens x vocabulary (fitted bytes per unit), and the rollout's KV cache (bytes, exact)."""
     tokens = run.train_tokens()
+    head_tokens = min(tokens, FUSED_HEAD_TOKENS) if run.method in FUSED_HEAD_METHODS else tokens
     generated = run.generated_sequences() * (run.prompt_length + run.completion_length)
     return {
         "checkpoints": 4.0 * tokens * shapes.layers * shapes.hidden,
         "width": float(tokens * (shapes.hidden + shapes.intermediate)),
-        "head": float(tokens * shapes.vocab),
+        "head": float(head_tokens * shapes.vocab),
         "kv_cache": 2.0 * 2 * generated * shapes.layers * shapes.kv_width,  # k and v, bf16
         "rollout_width": float(generated * (shapes.hidden + shapes.intermediate)),
     }
