@@ -102,7 +102,7 @@ def table(records: list[dict]) -> str:
 
     by_config = {r["config"]: r for r in records if r["role"] == "config"}
     lines = [
-        "| method | `qlora-24gb` (7B) | `qlora-12gb` (3B) | largest categories (24 GB config) |",
+        "| method | `qlora-24gb` (7B) | `qlora-12gb` (3B; online GRPO 1.5B) | largest categories (24 GB config) |",
         "|---|---|---|---|",
     ]
     for method in METHODS:

@@ -70,3 +70,34 @@ def test_measured_parameters_and_optimizer_state_are_the_exact_sizes():
     assert measured.categories["activations"] + measured.categories["temporaries"] > 0
     assert measured.peak_bytes == sum(measured.categories.values())
     assert measured.phases == {"PrefixSharingDPOTrainer": measured.peak_bytes}
+
+
+def test_four_bit_weights_stay_parameters_through_a_no_grad_forward():
+    """A reward model scores without gradients in eval mode; on a CPU with AVX-512 bitsandbytes would repack its 4-bit
+    codes on that first forward (new storages, counted as activations, the parameters' shrinking). A CUDA run keeps
+    them, so the measurement does too."""
+    import bitsandbytes.functional as bnb_functional
+    from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+
+    from trl_ext.memory import _snapshot_bytes, _swap_or_set_data, build_model
+
+    bnb_functional.create_dynamic_map()
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.bfloat16)  # fmt: skip
+    shapes = dict(model_shapes("Qwen/Qwen2.5-0.5B"), num_hidden_layers=1)
+    swap = torch.utils.swap_tensors
+    torch.utils.swap_tensors = _swap_or_set_data(swap)
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True), HostValues():
+            model = build_model(AutoModelForSequenceClassification, shapes, None, dtype=torch.bfloat16,
+                                quantization_config=config, num_labels=1).eval()  # fmt: skip
+            model.config.pad_token_id = 0
+            tracker = _tracker_class()()
+            tracker.track_external(model)
+            before = _snapshot_bytes(tracker.get_tracker_snapshot("current"))["parameters"]
+            with tracker, torch.no_grad():
+                model(input_ids=torch.ones(2, 16, dtype=torch.long))
+                after = _snapshot_bytes(tracker.get_tracker_snapshot("current"))["parameters"]
+    finally:
+        torch.utils.swap_tensors = swap
+    assert after >= before - 64 * 1024  # q/k/v biases may be cast to the compute dtype (kilobytes); codes stay

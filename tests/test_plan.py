@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from trl_ext import plan
+from trl_ext.memory import model_shapes
 from trl_ext.plan import Run, Shapes, fit, predict, predict_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def test_fitting_on_two_shapes_and_checking_the_third_at_unseen_lengths():
     for record in RECORDS:
         if record["role"] not in ("config", "held-out") or "7B" not in record["model"]:
             continue
-        shapes = Shapes.of(plan.model_shapes(record["model"]))
+        shapes = Shapes.of(model_shapes(record["model"]))
         run = Run.of(record["method"], record["settings"] | record.get("overrides", {}))
         predicted = sum(predict_bytes(shapes, run, coefficients).values())
         assert predicted == pytest.approx(record["peak_bytes"], rel=0.10), (record["config"], record["overrides"])
@@ -121,7 +122,7 @@ def test_larger_model_and_longer_sequences_need_more():
     assert predict(_config("dpo/qlora-12gb"), overrides={"max_length": 2048}).peak_bytes > base
 
 
-def test_recipes_warn_before_the_first_step_when_the_run_will_not_fit(monkeypatch, caplog, tiny_model_path):
+def test_recipes_warn_before_the_first_step_when_the_run_will_not_fit(monkeypatch, caplog, tiny_model_path, tmp_path):
     """A trainer on a 'GPU' of 0.01 GiB: the start-up check logs what is needed and what fits."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -131,7 +132,9 @@ def test_recipes_warn_before_the_first_step_when_the_run_will_not_fit(monkeypatc
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    args = DPOConfig(output_dir="/tmp/plan-warn", report_to="none", per_device_train_batch_size=2, max_length=64)
+    args = DPOConfig(
+        output_dir=str(tmp_path), report_to="none", per_device_train_batch_size=2, max_length=64, bf16=False
+    )
     trainer = DPOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(ToyTask().rows("pairs", 4)), processing_class=tokenizer
     )

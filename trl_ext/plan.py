@@ -12,11 +12,12 @@ The prediction has two parts:
   for PPO and online GRPO, the KV cache of a rollout.
 - **Activations** as bytes per token of the step's sequences: `4 h` per decoder layer (gradient checkpointing keeps
   each layer's float32 input), `width` bytes per `(h + I)` (the one layer being recomputed in the backward pass),
-  and `head` bytes per vocabulary entry per token through the LM head (its logits and their gradient). `width` and
-  `head` depend on what each trainer computes (ORPO materialises full logits, the reward model has no LM head); they
-  are fitted per method on measurements of two small shapes (`fit`, from `benchmarks/results/memory.json`'s
-  calibration records) and checked on the configs' own models and on sequence lengths the fit never saw
-  (`tests/test_plan.py`: within 10%).
+  and `head` bytes per vocabulary entry per token through the LM head (its logits and their gradient; TRL's fused
+  head takes at most 4096 tokens at a time), and for PPO and online GRPO `rollout_width` bytes per `(h + I)` of the
+  sampled sequences. These depend on what each trainer computes (ORPO materialises full logits, the reward model has
+  no LM head); they are fitted per method on measurements of two small shapes (`fit`, from
+  `benchmarks/results/memory.json`'s calibration records) and checked on the configs' own models and on sequence
+  lengths the fit never saw (`tests/test_plan.py`: within 10%).
 
 What a CUDA run adds on top of the tensor memory (context, allocator rounding, workspaces) is the fixed
 `trl_ext.memory.CUDA_OVERHEAD_BYTES`; `fits` compares tensors + that allowance with the card.
@@ -37,7 +38,17 @@ METHODS = ("sft", "reward", "dpo", "ipo", "kto", "orpo", "grpo", "grpo-online", 
 
 # Fitted on benchmarks/results/memory.json's calibration records (Qwen2.5-0.5B and -1.5B shapes) by `fit`;
 # tests/test_plan.py re-fits and checks these are what the records give.
-COEFFICIENTS: dict[str, dict[str, float]] = {}
+COEFFICIENTS: dict[str, dict[str, float]] = {
+    "dpo": {"embedding_bytes": 4.0, "width": 5.184224, "head": 6.647999, "rollout_width": 0.0},
+    "grpo": {"embedding_bytes": 4.0, "width": 4.678239, "head": 6.801811, "rollout_width": 0.0},
+    "grpo-online": {"embedding_bytes": 4.0, "width": 0.0, "head": 7.082171, "rollout_width": 0.0},
+    "ipo": {"embedding_bytes": 4.0, "width": 5.184224, "head": 6.647999, "rollout_width": 0.0},
+    "kto": {"embedding_bytes": 4.0, "width": 7.607914, "head": 6.744523, "rollout_width": 0.0},
+    "orpo": {"embedding_bytes": 2.0, "width": 0.788964, "head": 17.994162, "rollout_width": 0.0},
+    "ppo": {"embedding_bytes": 4.0, "width": 0.0, "head": 5.343236, "rollout_width": 2.907742},
+    "reward": {"embedding_bytes": 4.0, "width": 24.026727, "head": 0.01369, "rollout_width": 0.0},
+    "sft": {"embedding_bytes": 4.0, "width": 4.397816, "head": 6.728693, "rollout_width": 0.0},
+}
 
 
 # ------------------------------------------------------------------------------------------------- settings
