@@ -486,8 +486,8 @@ def measure_recipe(
     prompts at once and already holds everything). See the module docstring for what is real and what is fake.
 
     `device` ("cuda", "cpu"): real random weights and real steps on that device instead (benchmarks/gpu_memory.py);
-    the peak is then `torch.cuda.max_memory_allocated` (categories: allocated, reserved) on CUDA, and only timing
-    on the CPU."""
+    the peak is then `torch.cuda.max_memory_allocated` (one category, `allocated`; the reserved peak in `extra`) on
+    CUDA, and only timing on the CPU."""
     import transformers
     import yaml
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -530,9 +530,9 @@ def measure_recipe(
             torch.cuda.synchronize()
             allocated, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
             phases[type(trainer).__name__] = allocated
-            if allocated >= sum(peak.values()):
+            if allocated >= sum(peak.values()):  # one figure on a GPU: the allocator's peak (reserved beside it)
                 peak.clear()
-                peak.update(allocated=allocated, reserved_not_counted=0)
+                peak["allocated"] = allocated
                 timing["reserved_bytes"] = reserved
         timing["train_seconds"] = timing.get("train_seconds", 0.0) + time.perf_counter() - began
         return result
