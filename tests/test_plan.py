@@ -148,3 +148,15 @@ def test_recipes_warn_before_the_first_step_when_the_run_will_not_fit(monkeypatc
     with caplog.at_level(logging.WARNING, logger="trl_ext.plan"):
         assert plan.warn_if_too_big(trainer).fits
     assert "out-of-memory" not in caplog.text
+
+
+def test_suggested_batch_keeps_the_effective_batch_and_fits():
+    """SFT on 3B at 12 GiB: the largest per-device batch that fits and divides 1 x 16, with the accumulation that
+    keeps 16 sequences per step; one more sequence per device would not fit or would not divide."""
+    prediction = predict(_config("sft/qlora-12gb"), gpu_memory_gib=12)
+    s = prediction.suggestions
+    assert s["per_device_train_batch_size"] * s["gradient_accumulation_steps"] == 16
+    bigger = predict(_config("sft/qlora-12gb"), overrides={"per_device_train_batch_size": s["per_device_train_batch_size"]}, gpu_memory_gib=12)  # fmt: skip
+    assert bigger.fits
+    double = predict(_config("sft/qlora-12gb"), overrides={"per_device_train_batch_size": 2 * s["per_device_train_batch_size"]}, gpu_memory_gib=12)  # fmt: skip
+    assert not double.fits or 16 % (2 * s["per_device_train_batch_size"]) != 0

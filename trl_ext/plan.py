@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -286,19 +285,22 @@ def predict(
 
 
 def suggest(shapes: Shapes, run: Run, tensor_budget: int) -> dict[str, Any]:
-    """The largest per-device batch that fits (gradient accumulation raised to keep the effective batch) and the
-    longest sequence length that fits at the configured batch; None where even 1 / 64 tokens do not fit."""
+    """The largest per-device batch that fits and divides the effective batch (`per_device_train_batch_size x
+    gradient_accumulation_steps`, kept by the suggested accumulation), and the longest sequence length that fits at
+    the configured batch; None where even a batch of 1 / 64 tokens does not fit."""
     import dataclasses
 
     def peak(r: Run) -> float:
         return sum(predict_bytes(shapes, r).values())
 
     effective = run.micro_batch * run.gradient_accumulation
+    rollout = run.method in ("grpo-online", "ppo")  # their batch sizes their rollout too: no accumulation advice
     batch = None
     for size in range(1, 257):
         if peak(dataclasses.replace(run, micro_batch=size)) > tensor_budget:
             break
-        batch = size
+        if rollout or effective % size == 0:
+            batch = size
     length_field = "max_completion_length" if run.method in ("grpo", "grpo-online", "ppo") else "max_length"
     longest = None
     for length in range(64, 65537, 64):
@@ -311,8 +313,8 @@ def suggest(shapes: Shapes, run: Run, tensor_budget: int) -> dict[str, Any]:
             break
         longest = length
     result: dict[str, Any] = {"per_device_train_batch_size": batch, length_field: longest}
-    if batch is not None and run.method not in ("grpo-online", "ppo"):  # rollouts size their own batches
-        result["gradient_accumulation_steps"] = max(1, math.ceil(effective / batch))
+    if batch is not None and not rollout:
+        result["gradient_accumulation_steps"] = effective // batch
     return result
 
 
@@ -506,7 +508,7 @@ def report(prediction: Prediction) -> str:
         verdict = "fits" if prediction.fits else "does NOT fit"
         lines.append(f"  {verdict} a {prediction.gpu_memory_bytes / GIB:.1f} GiB card")
         s = prediction.suggestions
-        lines.append("  largest that fits: " + ", ".join(f"{k} {v}" for k, v in s.items()))
+        lines.append("  largest that fits: " + ", ".join(f"{k} {'none' if v is None else v}" for k, v in s.items()))
     return "\n".join(lines)
 
 
