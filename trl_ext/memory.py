@@ -395,17 +395,6 @@ def synthetic_rows(method: str, settings: dict[str, Any], rows: int = 64) -> lis
 
 
 # ------------------------------------------------------------------------------------------------- measuring a recipe
-def config_method(config_path: str | Path) -> str:
-    """`dpo`, ..., `grpo-online` (a GRPO config with `mode: online`), from the config's folder and mode."""
-    import yaml
-
-    path = Path(config_path)
-    method = path.parent.name
-    if method == "grpo" and (yaml.safe_load(path.read_text()) or {}).get("mode") == "online":
-        return "grpo-online"
-    return method
-
-
 def _recipe_main(method: str):
     """The recipe script's `main` (from the clone's `recipes/` or the wheel's `trl_ext/recipes`)."""
     import importlib.util
@@ -495,12 +484,13 @@ def measure_recipe(
 
     from trl_ext import recipe
     from trl_ext.models import resolve_model_name
+    from trl_ext.plan import config_method
 
     config_path = Path(config_path)
-    method = config_method(config_path)
-    steps = steps or (1 if method in _ROLLOUT_METHODS else 2)
     settings = dict(yaml.safe_load(config_path.read_text()) or {})
     settings.update(overrides or {})
+    method = config_method(config_path, settings)
+    steps = steps or (1 if method in _ROLLOUT_METHODS else 2)
     model_name = model or settings["model_name_or_path"]
     shapes = model_shapes(model_name)
     if num_layers is not None:

@@ -92,8 +92,9 @@ class Shapes:
         return 2 * h + 2 * (h + kv) + 2 * h + 3 * (h + i)
 
 
-def _method_of(config_path: Path, settings: dict[str, Any]) -> str:
-    method = config_path.parent.name
+def config_method(config_path: str | Path, settings: dict[str, Any]) -> str:
+    """`dpo`, ..., `grpo-online` (a GRPO config with `mode: online`): the config's folder and its settings' mode."""
+    method = Path(config_path).parent.name
     if method == "grpo" and settings.get("mode") == "online":
         return "grpo-online"
     return method
@@ -109,7 +110,6 @@ class Run:
     prompt_length: int
     completion_length: int
     group_size: int
-    num_generations: int
     gradient_accumulation: int
     num_mini_batches: int
     generation_batch: int | None
@@ -129,7 +129,6 @@ class Run:
             prompt_length=int(settings.get("max_prompt_length") or 512),
             completion_length=int(settings.get("max_completion_length") or (256 if method == "grpo-online" else 512)),
             group_size=group_size,
-            num_generations=int(settings.get("num_generations") or 8),
             gradient_accumulation=int(settings.get("gradient_accumulation_steps") or 1),
             num_mini_batches=int(settings.get("num_mini_batches") or 1),
             generation_batch=settings.get("generation_batch_size")
@@ -188,14 +187,12 @@ def static_bytes(
     lora = run.lora_r * shapes.lora_width_per_layer * layers
     if run.method == "reward":
         lora += h  # the score head, trained in full
-    embedding_bytes = coefficients.get(run.method, {}).get(
-        "embedding_bytes", 4.0
-    )  # float32 after k-bit preparation, unless recast
+    # float32 after k-bit preparation, unless the trainer casts them back (fitted: 4 or 2)
+    embedding_bytes = coefficients.get(run.method, {}).get("embedding_bytes", 4.0)
     base = four_bit_bytes(linear, run.nested_quant) if run.load_in_4bit else 2 * linear
     parameters = base + 4 * small + embedding_bytes * embeddings + 4 * lora
-    if run.method in ("ppo", "grpo-online"):  # the reward model: 4-bit, no k-bit preparation, no LM head
-        parameters += (four_bit_bytes(linear, run.nested_quant) if run.load_in_4bit else 2 * linear) + 2 * small
-        parameters += 2 * shapes.vocab * h
+    if run.method in ("ppo", "grpo-online"):  # the reward model: the same base, no k-bit preparation, no LM head
+        parameters += base + 2 * small + 2 * shapes.vocab * h
     return {"parameters": parameters, "optimizer": run.optimizer_bytes_per_param * lora}
 
 
@@ -240,8 +237,8 @@ class Prediction:
 def predict_bytes(
     shapes: Shapes, run: Run, coefficients: dict[str, dict[str, float]] | None = None
 ) -> dict[str, float]:
-    """Categories of the predicted peak, in bytes: parameters, optimizer, activations (the step's kept tensors and
-    the rollout's cache) and temporaries (the LM head's logits and gradients, the recomputed layer)."""
+    """Categories of the predicted peak, in bytes: parameters, optimizer, and activations (everything the step
+    makes: kept tensors, the rollout's cache, the LM head's logits and gradients, the recomputed layer)."""
     coefficients = COEFFICIENTS if coefficients is None else coefficients
     c = coefficients.get(run.method, {})
     static = static_bytes(shapes, run, coefficients)
@@ -262,20 +259,26 @@ def predict(
     """The predicted peak of `config` (a recipe YAML) at `model`'s shapes (default: the config's model)."""
     import yaml
 
-    from trl_ext.memory import CUDA_OVERHEAD_BYTES, model_shapes
+    from trl_ext.memory import model_shapes
 
     path = Path(config)
     settings = dict(yaml.safe_load(path.read_text()) or {})
     settings.update(overrides or {})
-    method = _method_of(path, settings)
+    method = config_method(path, settings)
     model_name = model or settings.get("model_name_or_path")
     if not model_name:
         raise ValueError(f"{path}: no model_name_or_path; pass --model")
     shapes = Shapes.of(model_shapes(model_name))
-    run = Run.of(method, settings, group_size=group_size)
+    return _prediction(str(path), model_name, shapes, Run.of(method, settings, group_size=group_size), gpu_memory_gib)
+
+
+def _prediction(config: str, model: str, shapes: Shapes, run: Run, gpu_memory_gib: float | None) -> Prediction:
+    """The prediction's record: categories, peak, and with a card's memory the verdict and suggestions."""
+    from trl_ext.memory import CUDA_OVERHEAD_BYTES
+
     categories = {key: int(value) for key, value in predict_bytes(shapes, run).items()}
     peak = sum(categories.values())
-    prediction = Prediction(str(path), model_name, method, peak, categories, CUDA_OVERHEAD_BYTES)
+    prediction = Prediction(config, model, run.method, peak, categories, CUDA_OVERHEAD_BYTES)
     if gpu_memory_gib is not None:
         budget = int(gpu_memory_gib * GIB)
         prediction.gpu_memory_bytes = budget
@@ -347,7 +350,7 @@ def fit(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         for embedding_bytes in (4.0, 2.0):
             trial = {method: {"embedding_bytes": embedding_bytes}}
             errors[embedding_bytes] = sum(
-                abs(_static(shapes, run, trial)["parameters"] - record["categories"]["parameters"])
+                abs(static_bytes(shapes, run, trial)["parameters"] - record["categories"]["parameters"])
                 for record, shapes, run in runs
             )
         embedding_bytes = min(errors, key=errors.get)
@@ -355,7 +358,7 @@ def fit(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         xs, ys = [], []
         for record, shapes, run in runs:
             features = activation_features(shapes, run)
-            exact = sum(_static(shapes, run, current).values()) + features["checkpoints"] + features["kv_cache"]
+            exact = sum(static_bytes(shapes, run, current).values()) + features["checkpoints"] + features["kv_cache"]
             xs.append([features[name] for name in FITTED])
             ys.append(record["peak_bytes"] - exact)
         x, y = np.array(xs, dtype=float), np.array(ys, dtype=float)
@@ -370,10 +373,6 @@ def fit(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         coefficients[method] = {"embedding_bytes": embedding_bytes}
         coefficients[method].update({name: round(float(v), 6) for name, v in zip(FITTED, solution)})
     return coefficients
-
-
-def _static(shapes: Shapes, run: Run, coefficients: dict[str, dict[str, float]]) -> dict[str, float]:
-    return static_bytes(shapes, run, coefficients)
 
 
 # ------------------------------------------------------------------------------------------------- start-up check
@@ -396,7 +395,10 @@ def trainer_prediction(trainer: Any, gpu_memory_gib: float) -> Prediction | None
         return None
     settings = dict(trainer.args.to_dict())
     settings["load_in_4bit"] = bool(getattr(model, "is_loaded_in_4bit", False))
-    settings["use_bnb_nested_quant"] = True
+    quantizer = getattr(model, "hf_quantizer", None)
+    settings["use_bnb_nested_quant"] = bool(
+        getattr(getattr(quantizer, "quantization_config", None), "bnb_4bit_use_double_quant", False)
+    )
     peft_config = (getattr(model, "peft_config", None) or {}).get("default")
     settings["use_peft"] = peft_config is not None
     settings["lora_r"] = getattr(peft_config, "r", 0) if peft_config is not None else 0
@@ -404,17 +406,8 @@ def trainer_prediction(trainer: Any, gpu_memory_gib: float) -> Prediction | None
         shapes = Shapes.of(config.to_dict())
     except (KeyError, TypeError):
         return None
-    run = Run.of(method, settings)
-    categories = {key: int(value) for key, value in predict_bytes(shapes, run).items()}
-    from trl_ext.memory import CUDA_OVERHEAD_BYTES
-
-    budget = int(gpu_memory_gib * GIB)
-    peak = sum(categories.values())
-    return Prediction(
-        config="(this run)", model=str(getattr(config, "_name_or_path", "")), method=method, peak_bytes=peak,
-        categories=categories, cuda_overhead_bytes=CUDA_OVERHEAD_BYTES, gpu_memory_bytes=budget,
-        fits=peak + CUDA_OVERHEAD_BYTES <= budget, suggestions=suggest(shapes, run, budget - CUDA_OVERHEAD_BYTES),
-    )  # fmt: skip
+    model_name = str(getattr(config, "_name_or_path", ""))
+    return _prediction("(this run)", model_name, shapes, Run.of(method, settings), gpu_memory_gib)
 
 
 def warn_if_too_big(trainer: Any) -> Prediction | None:
