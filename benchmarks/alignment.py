@@ -89,8 +89,8 @@ class Method:
 
 
 METHODS: tuple[Method, ...] = (
-    # `--reward_function ""` clears the tiny-cpu config's rule-based reward: PPO must learn from the reward model only.
-    Method("ppo", "ppo", "prompts", ("--reward_function", "", "--num_mini_batches", "2", "--num_ppo_epochs", "2",
+    # `--reward_functions ""` clears the tiny-cpu config's rule-based reward: PPO must learn from the reward model only.
+    Method("ppo", "ppo", "prompts", ("--reward_functions", "", "--num_mini_batches", "2", "--num_ppo_epochs", "2",
                                      "--max_completion_length", "48", "--missing_eos_penalty", "0.1"),
            reward_model="pairwise_ab", lr="1e-3", note="trl_ext.PPOTrainer; reward model trained on A/B preferences"),
     Method("dpo", "dpo", "pairs", ("--beta", "0.1"), note="trl.DPOTrainer"),

@@ -143,6 +143,16 @@ def _print_inspect(info: dict[str, Any]) -> None:
     for name, stats in info.get("lengths", {}).items():
         if stats:
             print(f"  {name:<28} min {stats['min']:g}  mean {stats['mean']:g}  max {stats['max']:g}")
+    if info.get("constraints"):
+        constraints = info["constraints"]
+        per = constraints["per_prompt"]
+        print(
+            f"constraints: instruction_id_list + kwargs on {constraints['rows_with_constraints']} row(s), "
+            f"{per.get('min', 0):g}-{per.get('max', 0):g} per prompt (mean {per.get('mean', 0):g}); "
+            "kept for ppo and online grpo (reward functions read them)"
+        )
+        for instruction_id, count in constraints["instructions"].items():
+            print(f"  {count:>7}  {instruction_id}")
     if info.get("methods"):
         print("methods:")
         for method, verdict in info["methods"].items():

@@ -13,11 +13,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.fingerprint import generate_random_fingerprint
 
-from .convert import METHODS, PAIR_STRATEGIES, Refusal, convert, harmonize
+from .convert import METHODS, PAIR_STRATEGIES, Refusal, convert, harmonize, keeps_constraints
 from .errors import DataError
 from .formats import BY_NAME, Format, apply_format, describe, detect_format
 from .readers import Source, StreamFailed, read
-from .shapes import ALL_SHAPES, IMPORT_FORMATS, PAIR_SHAPES, detect_columns, first_row, is_messages_type, validate
+from .shapes import (
+    ALL_SHAPES,
+    CONSTRAINT_FIELDS,
+    IMPORT_FORMATS,
+    PAIR_SHAPES,
+    detect_columns,
+    first_row,
+    is_messages_type,
+    validate,
+)
 
 logger = logging.getLogger("dataset_builders")
 
@@ -172,7 +181,7 @@ def _unused_columns(table: pa.Table, shape: str) -> set[str]:
     """Columns with a value somewhere that the shape's mapping does not read: reported, never dropped silently."""
     from .shapes import FIELDS
 
-    read_fields = set(FIELDS.get(shape, ())) | {"system"} | _ALSO_READ.get(shape, set())
+    read_fields = set(FIELDS.get(shape, ())) | {"system"} | _ALSO_READ.get(shape, set()) | set(CONSTRAINT_FIELDS)
     return {c for c in table.column_names if c not in read_fields and table.column(c).null_count < table.num_rows}
 
 
@@ -276,6 +285,8 @@ def _load(
         if checked.table.num_rows == 0:
             continue  # a block whose every row was dropped adds nothing (and its columns may have any type)
         table = harmonize(checked.table, conversational=bool(options.get("conversational")))
+        if not keeps_constraints(method, options):
+            unused |= {c for c in CONSTRAINT_FIELDS if c in table.column_names}
         if method is not None:
             try:
                 table = convert(table, piece_shape, method, options, src.name, report.skipped)
@@ -435,6 +446,8 @@ def inspect(source: Any, shape: str | None = None, **options: Any) -> dict[str, 
 
         info["conversational"] = is_conversational(first_row(table) or {})
         info["lengths"] = _length_stats(table)
+        if "instruction_id_list" in table.column_names:
+            info["constraints"] = _constraint_stats(table)
         if "chosen" in table.column_names:
             same = (
                 pc.equal(table.column("chosen"), table.column("rejected"))
@@ -448,12 +461,28 @@ def inspect(source: Any, shape: str | None = None, **options: Any) -> dict[str, 
     return info
 
 
+def _constraint_stats(table: pa.Table) -> dict[str, Any]:
+    """Rows with constraints, constraints per row, and how often each instruction id appears."""
+    ids = table.column("instruction_id_list")
+    per_row = _np_list_lengths(ids)
+    counts = pc.value_counts(pc.list_flatten(ids)).to_pylist()
+    return {
+        "rows_with_constraints": int((per_row > 0).sum()),
+        "per_prompt": _summary(per_row),
+        "instructions": {c["values"]: int(c["counts"]) for c in sorted(counts, key=lambda c: -c["counts"])},
+    }
+
+
+def _np_list_lengths(column: pa.ChunkedArray):
+    return pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+
+
 def _length_stats(table: pa.Table) -> dict[str, dict[str, float]]:
     from .convert import text_lengths
 
     stats = {}
     for name in table.column_names:
-        if name in ("preference", "label", "ranking", "sft_target"):  # keywords and numbers, not text to measure
+        if name in ("preference", "label", "ranking", "sft_target", *CONSTRAINT_FIELDS):  # not text to measure
             continue
         column = table.column(name)
         if name == "responses":

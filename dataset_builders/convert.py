@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import DataError
-from .shapes import PAIR_SHAPES, _np_lengths, is_messages_type
+from .shapes import CONSTRAINT_FIELDS, PAIR_SHAPES, _np_lengths, is_messages_type
 
 logger = logging.getLogger("dataset_builders")
 
@@ -362,6 +362,12 @@ def to_sft(table: pa.Table, shape: str, skipped: dict[str, int]) -> pa.Table:
     return pa.table({"prompt": table.column("prompt"), "completion": table.column("chosen")})
 
 
+def keeps_constraints(method: str | None, options: dict[str, Any]) -> bool:
+    """Whether `method`'s rows keep the prompt's constraint fields: the methods that sample and score (PPO, online
+    GRPO) and the canonical shape (no method). The others train on fixed answers and leave them out (reported)."""
+    return method in (None, "ppo") or (method == "grpo" and options.get("grpo_mode") == "online")
+
+
 def convert(
     table: pa.Table, shape: str, method: str, options: dict[str, Any], source: str, skipped: dict[str, int]
 ) -> pa.Table:
@@ -372,13 +378,14 @@ def convert(
     if method == "ppo" or (method == "grpo" and options.get("grpo_mode") == "online"):
         if "prompt" not in table.column_names:
             raise Refusal(_refusal(shape, method))
-        return table.select(["prompt"])
+        # the prompt's constraints travel with it: reward functions read them while sampling
+        return table.select(["prompt", *(c for c in CONSTRAINT_FIELDS if c in table.column_names)])
     if method == "grpo":
         if options.get("grpo_mode", "offline") not in ("offline", None):
             raise ValueError(f"grpo_mode must be 'offline' or 'online', got {options['grpo_mode']!r}")
         if shape not in ("ranked", "pairwise_ab", *PAIR_SHAPES):
             raise Refusal(_refusal(shape, method))
-        return to_ranked_group(table, shape)
+        return to_ranked_group(table, shape).select(["prompt", "responses", "ranking"])
     if method == "sft":
         return to_sft(table, shape, skipped)
     if method == "kto":

@@ -39,6 +39,9 @@ FIELDS = {
     "ultrafeedback": ("prompt", "completions"),
 }
 PAIR_SHAPES = ("pairs", "pairs_with_lengths", "pairs_sft_target")
+# A prompt's constraints, as IFEval rows carry them (instruction ids, one argument object each): read by reward
+# functions (`trl_ext.rewards.instruction_following`), so every shape keeps them beside its own fields.
+CONSTRAINT_FIELDS = ("instruction_id_list", "kwargs")
 
 GOOD_LABELS = ("good", "true", "1", "thumbs_up", "thumbs-up", "thumbs up", "thumbsup", "up", "\N{THUMBS UP SIGN}")
 BAD_LABELS = (
@@ -180,6 +183,52 @@ def text_checks(column: pa.ChunkedArray, field: str) -> list[Check]:
             lambda i: f"expected text (a string or a message list), got {short(_value(column, i))}",
         ),
     ]
+
+
+def constraint_checks(table: pa.Table) -> list[Check]:
+    """`instruction_id_list`: a list of instruction ids; `kwargs`: one argument object (or null) per id, or a JSON
+    string of that list. Which ids a reward can check is the reward's business (`trl_ext.rewards`)."""
+    names = table.column_names
+    if "instruction_id_list" not in names:
+        if "kwargs" in names:
+            kwargs = table.column("kwargs")
+            return [Check("instruction_id_list", ~_np(kwargs.is_null()), lambda i: "missing (kwargs has no ids)")]
+        return []
+    ids = table.column("instruction_id_list")
+    t = ids.type
+    if not ((pa.types.is_list(t) or pa.types.is_large_list(t)) and _is_text_type(t.value_type)):
+        return [
+            Check(
+                "instruction_id_list",
+                np.ones(table.num_rows, dtype=bool),
+                lambda i: f"expected a list of instruction ids (strings), got {short(_value(ids, i))}",
+            )
+        ]
+    checks = []
+    if "kwargs" in names:
+        kwargs = table.column("kwargs")
+        kt = kwargs.type
+        if pa.types.is_list(kt) or pa.types.is_large_list(kt):
+            mismatch = _np(pc.not_equal(pc.list_value_length(kwargs), pc.list_value_length(ids)))
+            checks.append(
+                Check(
+                    "kwargs",
+                    mismatch & ~_np(kwargs.is_null()),
+                    lambda i: (
+                        f"{len(_value(kwargs, i) or [])} argument object(s) for "
+                        f"{len(_value(ids, i) or [])} instruction(s): kwargs needs one per instruction id"
+                    ),
+                )
+            )
+        elif not (_is_text_type(kt) or pa.types.is_null(kt)):
+            checks.append(
+                Check(
+                    "kwargs",
+                    ~_np(kwargs.is_null()),
+                    lambda i: f"expected a list of argument objects, got {short(_value(kwargs, i))}",
+                )
+            )
+    return checks
 
 
 def _message_problem(messages: list) -> str:
@@ -441,6 +490,7 @@ def validate(
             checks += ranking_checks
         else:  # text fields, `messages` included
             checks += text_checks(column, field)
+    checks += constraint_checks(table)
 
     bad = np.zeros(table.num_rows, dtype=bool)
     counts: dict[str, int] = {"(unreadable)": len(source.dropped)} if source.dropped else {}
@@ -458,7 +508,7 @@ def validate(
         for i in np.flatnonzero(bad)[:20]:
             check = next(c for c in checks if c.bad[i])
             problems.append(str(source.error(check.reason(int(i)), index=int(i), field=check.field)))
-    table = table.select(list(fields))
+    table = table.select(list(fields) + [c for c in CONSTRAINT_FIELDS if c in table.column_names])
     if bad.any():
         table = table.filter(pa.array(~bad))
         if ranks is not None:  # keep the flat ranks aligned with the kept rows

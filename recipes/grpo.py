@@ -11,6 +11,9 @@ turn into ranked groups (a pair is a group of two).
   (or given with `reward_model_path`, e.g. from `recipes/reward.py`); then `trl.GRPOTrainer` samples
   `num_generations` completions per prompt of the same data and learns from that reward model's scores.
   Start from an SFT model (`recipes/sft.py`) so the samples are well formed.
+  `reward_functions` (e.g. `[instruction_following]` for prompts with IFEval constraints) adds rule-based rewards,
+  weighted by `reward_weights` (the reward model first); with them and no `reward_model_path`, nothing is trained
+  first and the data needs only prompts.
 
 With `use_peft` the reference model is the base with the adapter disabled (no second copy in memory).
 
@@ -18,6 +21,9 @@ With `use_peft` the reference model is the base with the adapter disabled (no se
     accelerate launch recipes/grpo.py --config recipes/configs/grpo/tiny-cpu.yaml
     # online, CPU: reward model from the rankings, then sampling (a few minutes):
     accelerate launch recipes/grpo.py --config recipes/configs/grpo/tiny-cpu-online.yaml
+    # online, verifiable rewards: prompts with IFEval constraints, scored by their checkers (no reward model):
+    accelerate launch recipes/grpo.py --config recipes/configs/grpo/tiny-cpu-online.yaml \
+        --dataset_path prompts.jsonl --reward_functions instruction_following
     # one 24 GB GPU, a 7B model in 4-bit NF4 + LoRA:
     accelerate launch recipes/grpo.py --config recipes/configs/grpo/qlora-24gb.yaml \
         --dataset_path my_ranked.jsonl --model_name_or_path Qwen/Qwen2.5-7B-Instruct --push_to_hub true
@@ -25,7 +31,7 @@ With `use_peft` the reference model is the base with the adapter disabled (no se
 
 from trl import GRPOTrainer
 
-from trl_ext import RankedGRPOConfig, RankedGRPOTrainer, models, recipe
+from trl_ext import RankedGRPOConfig, RankedGRPOTrainer, models, recipe, rewards
 from trl_ext.ranked_grpo import RankedRewardArguments, RewardModelScorer, reward_model_for
 
 
@@ -57,17 +63,30 @@ def main(argv=None):
 
 
 def online_trainer(args, training_args, model_args, reward_args, tokenizer):
-    """`trl.GRPOTrainer` on the data's prompts, rewarded by a reward model learned from its rankings."""
-    groups, eval_groups = recipe.load_datasets(args, method="grpo", seed=training_args.seed)  # ranked groups
-    reward_model, reward_tokenizer = reward_model_for(
-        groups, training_args, model_args, reward_args, tokenizer, callbacks=recipe.callbacks()
-    )
-    # The same rows as the groups above (same seeded split), prompts only
-    train_ds, eval_ds = (None if d is None else d.select_columns(["prompt"]) for d in (groups, eval_groups))
-    scorer = RewardModelScorer(reward_model, reward_tokenizer, rank_within_group=reward_args.rank_within_group)
+    """`trl.GRPOTrainer` on the data's prompts, rewarded by a reward model (learned from the data's rankings, or
+    `reward_model_path`) and/or the named reward functions."""
+    functions = rewards.resolve_reward_functions(reward_args.reward_functions)
+    train_reward_model = not reward_args.reward_model_path and not functions
+    if train_reward_model:  # ranked groups for the reward model; the same rows (same seeded split), prompts only
+        groups, eval_groups = recipe.load_datasets(args, method="grpo", seed=training_args.seed)
+        train_ds, eval_ds = (None if d is None else d.select_columns(["prompt"]) for d in (groups, eval_groups))
+    else:  # prompts (with the columns reward functions read) from any shape that has them
+        groups = None
+        train_ds, eval_ds = recipe.load_datasets(
+            args, method="grpo", seed=training_args.seed, options={"grpo_mode": "online"}
+        )
+    rewards.check_reward_columns(functions, train_ds, args.dataset_path or "dataset_mixture")
+    reward_funcs = list(functions)
+    scorer = None
+    if reward_args.reward_model_path or train_reward_model:
+        reward_model, reward_tokenizer = reward_model_for(
+            groups, training_args, model_args, reward_args, tokenizer, callbacks=recipe.callbacks()
+        )
+        scorer = RewardModelScorer(reward_model, reward_tokenizer, rank_within_group=reward_args.rank_within_group)
+        reward_funcs.insert(0, scorer)  # reward_weights: the reward model first
     trainer = GRPOTrainer(
         model=models.load_model(model_args, training_args),
-        reward_funcs=[scorer],
+        reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
@@ -75,7 +94,8 @@ def online_trainer(args, training_args, model_args, reward_args, tokenizer):
         peft_config=models.lora_config(model_args),
         callbacks=recipe.callbacks(),
     )
-    scorer.attach(trainer)  # groups of num_generations, whole across processes
+    if scorer is not None:
+        scorer.attach(trainer)  # groups of num_generations, whole across processes
     return trainer, train_ds, eval_ds
 
 

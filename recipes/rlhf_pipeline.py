@@ -19,7 +19,7 @@ The same as these three commands on the tiny default (each stage is its own reci
     accelerate launch recipes/ppo.py --config recipes/configs/ppo/tiny-cpu.yaml \
         --dataset_path recipes/data/pairwise_ab.jsonl --output_dir outputs/rlhf-tiny-cpu/ppo \
         --model_name_or_path outputs/rlhf-tiny-cpu/sft --reward_model_path outputs/rlhf-tiny-cpu/reward/merged \
-        --reward_function ""
+        --reward_functions ""
 
 With the QLoRA configs the SFT stage trains an adapter, so the next two stages load `sft/merged`.
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         "ppo",
         "--model_name_or_path", str(stage_model(sft)),
         "--reward_model_path", str(stage_model(reward)),
-        "--reward_function", "",
+        "--reward_functions", "",
     )  # fmt: skip
     return {"sft": stage_model(sft), "reward": stage_model(reward), "ppo": ppo}
 

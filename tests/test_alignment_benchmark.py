@@ -46,7 +46,7 @@ def test_every_method_uses_its_recipe_and_shape():
     }  # fmt: skip
     ppo = bench.METHOD_BY_NAME["ppo"]
     # PPO learns from the reward model alone: the tiny-cpu config's rule-based reward is switched off
-    assert ppo.reward_model == "pairwise_ab" and ppo.flags[:2] == ("--reward_function", "")
+    assert ppo.reward_model == "pairwise_ab" and ppo.flags[:2] == ("--reward_functions", "")
 
 
 def _fake(bench, seeds, results, gaps=None, methods=("dpo", "ipo", "ipo_len_auto")):

@@ -13,7 +13,9 @@ import pytest
 import yaml
 from _recipe_utils import RECIPES, load_recipe
 
-CONFIGS = sorted((RECIPES / "configs").glob("*/*.yaml"))
+# Training configs, one folder per method; `generate/` holds the preference-data generator's configs (no training).
+CONFIGS = sorted(c for c in (RECIPES / "configs").glob("*/*.yaml") if c.parent.name != "generate")
+GENERATE_CONFIGS = sorted((RECIPES / "configs" / "generate").glob("*.yaml"))
 ACCELERATE_CONFIGS = sorted((RECIPES / "accelerate_configs").glob("*.yaml"))
 
 
@@ -32,7 +34,7 @@ def _parse(config: Path):
 
 
 def test_every_method_folder_has_the_three_standard_configs():
-    for folder in sorted(p for p in (RECIPES / "configs").iterdir() if p.is_dir()):
+    for folder in sorted(p for p in (RECIPES / "configs").iterdir() if p.is_dir() and p.name != "generate"):
         names = {p.name for p in folder.glob("*.yaml")}
         assert {"tiny-cpu.yaml", "smollm2-cpu.yaml", "qlora-24gb.yaml", "qlora-12gb.yaml"} <= names, folder.name
 
@@ -55,6 +57,20 @@ def test_config_starts_with_the_command_that_runs_it(config):
     method = config.parent.name
     assert f"recipes/{method}.py" in words, first
     assert words[words.index("--config") + 1] == f"recipes/configs/{method}/{config.name}", first
+
+
+@pytest.mark.parametrize("config", GENERATE_CONFIGS, ids=_id)
+def test_generate_configs_parse_and_start_with_their_command(config, monkeypatch):
+    monkeypatch.chdir(RECIPES.parent)
+    args, model_args = load_recipe("generate").make_parser().parse_args_and_config(["--config", str(config)])
+    assert model_args.model_name_or_path and args.output_path.startswith("outputs/")
+    assert (RECIPES.parent / args.dataset_path).exists() and args.reward_functions
+    words = shlex.split(config.read_text().splitlines()[0][2:])
+    assert words[:2] == ["python", "recipes/generate.py"] and words[words.index("--config") + 1] == _id_path(config)
+
+
+def _id_path(config: Path) -> str:
+    return f"recipes/configs/{config.parent.name}/{config.name}"
 
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if c.name == "tiny-cpu.yaml"], ids=_id)

@@ -21,6 +21,8 @@ EXAMPLES = {
     "examples_pasted.jsonc": ("pairs_sft_target", 3, "sft"),
     "pairwise_ab_handwritten.csv": ("pairwise_ab", 4, "reward"),
     "ranked_handwritten.json": ("ranked", 3, "dpo"),
+    "prompts_with_constraints.jsonl": ("prompts", 48, "ppo"),
+    "hh-rlhf-ifeval-prompts.jsonl": ("prompts", 256, "ppo"),
 }
 
 

@@ -89,6 +89,8 @@ def test_readme_command_parses(words, monkeypatch):
             if flag.startswith("--") and flag not in ("--config", "--push_to_hub", "--hub_token"):
                 found = [getattr(d, flag[2:]) for d in parsed if hasattr(d, flag[2:])]
                 expected = (json.loads(value),) if value.startswith("{") else (value, str(value == "true"))
+                if isinstance(found[0] if found else None, list):  # a list field: the flag's values
+                    found = [found[0][0]] if len(found[0]) == 1 else found
                 assert found and (found[0] in expected or str(found[0]) in expected), (flag, value, found)
     else:
         parser.parse_args(args)
@@ -124,6 +126,14 @@ def test_readme_trl_ext_commands(words, monkeypatch, capsys):
         _parser().parse_args(args)
     elif command == "evaluate":
         load_recipe("evaluate").make_parser().parse_args_and_config(args)
+    elif command == "generate":
+        config, args = cli._take_option(args, "--config")
+        load_recipe("generate").make_parser().parse_args_and_config(["--config", cli.resolve_config(config, command), *args])  # fmt: skip
+    elif command == "constraints":
+        from trl_ext.rewards.constraints import make_parser
+
+        parsed = make_parser().parse_args(args)
+        assert (REPO_ROOT / parsed.requests).exists(), parsed.requests
     elif command == "plan":  # the planner runs in milliseconds: run it
         assert cli.main(words[1:]) == 0
         assert "peak tensors" in capsys.readouterr().out

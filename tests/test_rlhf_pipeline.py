@@ -44,7 +44,7 @@ def test_ppo_recipe_loads_a_reward_model_saved_as_a_lora_adapter(tmp_path, monke
     monkeypatch.chdir(REPO_ROOT)
     ppo = load_recipe("ppo")
     _, training_args, model_args = ppo.make_parser().parse_args_and_config(
-        ppo_flags(tmp_path, "--reward_model_path", str(tmp_path / "rm"), "--reward_function", "")
+        ppo_flags(tmp_path, "--reward_model_path", str(tmp_path / "rm"), "--reward_functions", "")
     )
     loaded, loaded_tok = ppo.load_reward_model(training_args, model_args)
     assert isinstance(loaded, PeftModel) and loaded_tok.pad_token_id == tok.pad_token_id
@@ -54,9 +54,9 @@ def test_ppo_recipe_loads_a_reward_model_saved_as_a_lora_adapter(tmp_path, monke
 def test_ppo_recipe_needs_a_reward(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     with pytest.raises(ValueError, match="reward_model_path"):
-        load_recipe("ppo").main(ppo_flags(tmp_path, "--reward_function", ""))
+        load_recipe("ppo").main(ppo_flags(tmp_path, "--reward_functions", ""))
     with pytest.raises(ValueError, match="cannot import"):
-        load_recipe("ppo").main(ppo_flags(tmp_path, "--reward_function", "trl_ext.nowhere.reward"))
+        load_recipe("ppo").main(ppo_flags(tmp_path, "--reward_functions", "trl_ext.nowhere.reward"))
 
 
 @pytest.mark.slow

@@ -6,6 +6,8 @@
     trl-ext data inspect my_pairs.jsonl                      # = python -m dataset_builders inspect ...
     trl-ext evaluate --model_name_or_path outputs/dpo-tiny-cpu --dataset_path heldout.jsonl
     trl-ext plan --config dpo/qlora-24gb --gpu_memory 24          # will it fit? (trl_ext.plan)
+    trl-ext constraints requests.jsonl --output prompts.jsonl  # IFEval constraints on your requests
+    trl-ext generate --config generate/tiny-cpu               # sample, score, write preference data
 
 A clone keeps working as before (`accelerate launch recipes/dpo.py --config recipes/configs/dpo/tiny-cpu.yaml`): the
 same scripts are the package `trl_ext.recipes` in the wheel (setup.py maps `recipes/` there).
@@ -25,6 +27,8 @@ OTHER_COMMANDS = {
     "configs": "list the packaged configs and what each is for",
     "data": "inspect or convert a data file (inspect | convert; --help for their options)",
     "evaluate": "evaluate a trained adapter or model against its base (recipes/evaluate.py)",
+    "generate": "on-policy preference data: sample, score, write a shape (--config generate/tiny-cpu; recipes/generate.py)",
+    "constraints": "attach IFEval constraints to requests: prompts for the instruction_following reward",
     "rlhf": "SFT -> reward model -> PPO in one command (recipes/rlhf_pipeline.py)",
     "plan": "predict a config's peak GPU memory and whether it fits (--config C [--model M] [--gpu_memory GiB])",
 }
@@ -38,7 +42,7 @@ Train (each takes its recipe's flags; trl-ext <method> --help lists them):
           without it the recipe runs in this process (one device)
 
 Other commands:
-{chr(10).join(f"  trl-ext {name:<9} {text}" for name, text in OTHER_COMMANDS.items())}
+{chr(10).join(f"  trl-ext {name:<11} {text}" for name, text in OTHER_COMMANDS.items())}
 """
 
 
@@ -175,6 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(data_main(rest) or 0)
         if command == "evaluate":
             return run_recipe("evaluate", rest)
+        if command == "generate":
+            module = importlib.import_module("trl_ext.recipes.generate")
+            return module.run(_with_config(rest, "generate"))
+        if command == "constraints":
+            from trl_ext.rewards.constraints import main as constraints_main
+
+            return constraints_main(rest)
         if command == "rlhf":
             return run_recipe("rlhf_pipeline", rest)
         if command == "plan":

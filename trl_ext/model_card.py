@@ -62,10 +62,39 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for name in ("trl-ext", "trl", "transformers", "peft", "torch", "accelerate", "datasets", "bitsandbytes"):
+    for name in (
+        "trl-ext",
+        "trl",
+        "transformers",
+        "peft",
+        "torch",
+        "accelerate",
+        "datasets",
+        "bitsandbytes",
+        "if-verifiable",
+    ):
         with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
     return out
+
+
+def source_commit() -> dict[str, Any]:
+    """The project's git commit and whether its tracked files had uncommitted changes (`commit` None outside a git
+    checkout, e.g. installed from a wheel): what a recorded result was produced by."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "--short=12", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "tree_clean": None if status is None else status == ""}
 
 
 def render(card: ModelCard) -> str:

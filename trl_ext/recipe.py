@@ -284,9 +284,10 @@ def packaged_data(path: str) -> str:
 
 
 def load_datasets(
-    recipe_args: RecipeArguments, *, method: str, seed: int = 42
+    recipe_args: RecipeArguments, *, method: str, seed: int = 42, options: dict[str, Any] | None = None
 ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """Training (and evaluation) rows in the columns `method`'s trainer takes, via `dataset_builders.load`.
+    """Training (and evaluation) rows in the columns `method`'s trainer takes, via `dataset_builders.load`
+    (`options`: the recipe's own `load` options, e.g. online GRPO's ``grpo_mode``; the user's `dataset_options` win).
 
     The evaluation set is `eval_dataset_path` if given, else a seeded `eval_fraction` split of the training data,
     else None.
@@ -297,7 +298,7 @@ def load_datasets(
         raise ValueError("give dataset_path or dataset_mixture, not both")
     if not recipe_args.dataset_path and not recipe_args.dataset_mixture:
         raise ValueError("dataset_path is required (a data file, a save_to_disk folder or a Hub dataset id)")
-    options = dict(recipe_args.dataset_options or {})
+    options = {**(options or {}), **(recipe_args.dataset_options or {})}
     if recipe_args.dataset_split != "train":
         options.setdefault("split", recipe_args.dataset_split)
     if recipe_args.dataset_format:

@@ -59,9 +59,14 @@ class PPOConfig(_BaseConfig):
         reward_model_path (`str`, *optional*):
             A sequence-classification reward model (as `recipes/reward.py` writes: a full model or a LoRA adapter);
             read by `recipes/ppo.py`. The trainer itself takes a model or a callable.
-        reward_function (`str`, *optional*):
-            Instead of a reward model: the dotted import path of a rule-based reward in TRL's reward-function form
-            (e.g. `trl_ext.testing.synthetic.toy_quality`); read by `recipes/ppo.py`.
+        reward_functions (`list[str]`, *optional*):
+            Rule-based rewards, beside or instead of the reward model: names from `trl_ext.rewards.REWARD_FUNCTIONS`
+            (`instruction_following`: the fraction of the prompt's IFEval constraints followed) or dotted import
+            paths of functions in TRL's reward-function form (e.g. `trl_ext.testing.synthetic.toy_quality`); read by
+            `recipes/ppo.py`.
+        reward_weights (`list[float]`, *optional*):
+            One weight per reward, the reward model first (if any), then `reward_functions` in order (all 1.0 when
+            unset): the score is their weighted sum, as in TRL's GRPO.
         missing_eos_penalty (`float`, *optional*):
             Subtracted from the score of a completion that never produced EOS (hit `max_completion_length`).
         whiten_rewards (`bool`, *optional*, defaults to `False`):
@@ -131,8 +136,15 @@ class PPOConfig(_BaseConfig):
     reward_model_path: str | None = field(
         default=None, metadata={"help": "Sequence-classification reward model (full model or LoRA adapter folder)."}
     )
-    reward_function: str | None = field(
-        default=None, metadata={"help": "Dotted path of a rule-based reward function, instead of a reward model."}
+    reward_functions: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Rule-based rewards beside or instead of a reward model: instruction_following, or dotted paths."
+        },
+    )
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "One weight per reward (reward model first, then reward_functions); all 1.0 if unset."},
     )
     missing_eos_penalty: float | None = field(
         default=None, metadata={"help": "Subtracted from the score of a completion that never produced EOS."}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -43,6 +43,7 @@ from trl.trainer.utils import (
 
 from trl_ext.models import causal_lm_from, load_reward_model, tokenizer_from
 from trl_ext.ops import kl_estimate, masked_mean, masked_whiten
+from trl_ext.rewards import reward_weights
 from trl_ext.sampling import sample, sampling_config
 from trl_ext.tokenization import encode_prompt, encode_sequence, stop_token_ids
 from trl_ext.trainer_utils import MetricsMixin, frozen_copy, prepare_reference_model, reference_context, wrap_policy
@@ -133,7 +134,7 @@ class PPOTrainer(MetricsMixin, _BaseTrainer):
     def __init__(
         self,
         model: str | PreTrainedModel,
-        reward_model: str | PreTrainedModel | RewardFunc,
+        reward_model: str | PreTrainedModel | RewardFunc | Sequence[str | PreTrainedModel | RewardFunc],
         args: PPOConfig | None = None,
         train_dataset: Dataset | IterableDataset | None = None,
         eval_dataset: Dataset | None = None,
@@ -174,19 +175,31 @@ class PPOTrainer(MetricsMixin, _BaseTrainer):
             if ref_model is not None:
                 disable_dropout_in_model(ref_model)
 
-        # --- reward: a sequence-classification model (by name or instance) or a rule-based callable
-        if isinstance(reward_model, str):
-            reward_model, loaded_tokenizer = load_reward_model(reward_model)
-            reward_processing_class = reward_processing_class or loaded_tokenizer
-        if isinstance(reward_model, nn.Module):
-            reward_model.eval().requires_grad_(False)
+        # --- rewards: a sequence-classification model (by name or instance), rule-based callables, or a list of them
+        rewards = list(reward_model) if isinstance(reward_model, (list, tuple)) else [reward_model]
+        if not rewards:
+            raise ValueError("PPOTrainer needs a reward: a reward model, a reward function, or a list of them")
+        if sum(isinstance(r, (str, nn.Module)) for r in rewards) > 1:
+            raise ValueError("PPOTrainer takes one reward model (and any number of reward functions)")
+        for k, reward in enumerate(rewards):
+            if isinstance(reward, str):
+                rewards[k], loaded_tokenizer = load_reward_model(reward)
+                reward_processing_class = reward_processing_class or loaded_tokenizer
+        self.reward_model = next((r for r in rewards if isinstance(r, nn.Module)), None)
+        if self.reward_model is not None:
+            self.reward_model.eval().requires_grad_(False)
             if reward_processing_class is None:
-                reward_processing_class = tokenizer_from(reward_model.config._name_or_path)
+                reward_processing_class = tokenizer_from(self.reward_model.config._name_or_path)
             if reward_processing_class.pad_token is None:
                 reward_processing_class.pad_token = reward_processing_class.eos_token
             # the score is read at the last non-pad token, so the model must know the pad id
-            reward_model.config.pad_token_id = reward_processing_class.pad_token_id
-        self.reward_model = reward_model
+            self.reward_model.config.pad_token_id = reward_processing_class.pad_token_id
+        self.reward_funcs = rewards
+        self.reward_func_names = [
+            "reward_model" if isinstance(r, nn.Module) else getattr(r, "__name__", type(r).__name__) for r in rewards
+        ]
+        # one weight per reward, in the order given (TRL GRPO's `reward_weights`); all 1.0 by default
+        self.reward_weights = torch.tensor(reward_weights(args.reward_weights, len(rewards)), dtype=torch.float32)
         self.reward_processing_class = reward_processing_class
 
         self.kl_coef = args.kl_coef
@@ -218,8 +231,9 @@ class PPOTrainer(MetricsMixin, _BaseTrainer):
         self.model_accepts_loss_kwargs = False
 
         self.ref_model = prepare_reference_model(self, self.ref_model)
-        if isinstance(self.reward_model, nn.Module):
-            self.reward_model = prepare_reference_model(self, self.reward_model)
+        if self.reward_model is not None:
+            index = next(k for k, r in enumerate(self.reward_funcs) if r is self.reward_model)
+            self.reward_model = self.reward_funcs[index] = prepare_reference_model(self, self.reward_model)
         self.weight_bytes_report = self._weight_bytes()
         logger.info("PPO weights per role (bytes): %s", self.weight_bytes_report)
 
@@ -250,11 +264,7 @@ class PPOTrainer(MetricsMixin, _BaseTrainer):
             reference = weight_bytes(self.accelerator.unwrap_model(self.ref_model))
         else:  # adapter disabled: nothing; a "ref" adapter: its copy
             reference = weight_bytes(model, lambda n: ".ref." in n)
-        reward = (
-            weight_bytes(self.accelerator.unwrap_model(self.reward_model))
-            if isinstance(self.reward_model, nn.Module)
-            else 0
-        )
+        reward = weight_bytes(self.accelerator.unwrap_model(self.reward_model)) if self.reward_model is not None else 0
         total = base + policy_adapter + reference + critic_head + reward
         # four models: the policy, a reference and a critic each with their own copy of the base, and the reward model
         separate = (base + policy_adapter) + (reference if self.ref_model is not None else base) + base + critic_head
@@ -270,8 +280,10 @@ class PPOTrainer(MetricsMixin, _BaseTrainer):
         }
 
     def _set_signature_columns_if_needed(self):
+        # every column reaches the reward functions (a prompt's constraints, say), as TRL's GRPOTrainer passes them
         if self._signature_columns is None:
-            self._signature_columns = ["prompt"]
+            columns = getattr(self.train_dataset, "column_names", None) or []
+            self._signature_columns = ["prompt", *(c for c in columns if c != "prompt")]
 
     def get_train_dataloader(self):
         # One rollout's prompts per dataloader batch, repeated for every micro-step of that rollout (the sampler
@@ -325,13 +337,36 @@ class PPOTrainer(MetricsMixin, _BaseTrainer):
         return logps, entropy, value
 
     @torch.no_grad()
-    def _score(self, prompts: list, completions: list[str], completion_ids: list[list[int]]) -> torch.Tensor:
+    def _score(
+        self,
+        prompts: list,
+        completions: list[str],
+        completion_ids: list[list[int]],
+        columns: dict[str, list] | None = None,
+    ) -> torch.Tensor:
+        """The weighted sum of every reward's scores ``(B,)``; each reward's mean is logged as `rewards/<name>/mean`.
+        Reward functions get the prompts, the completions and every other column of the rows (TRL's reward-function
+        call); the reward model scores the text as TRL's `RewardTrainer` trained it."""
+        per_reward = []
+        for func in self.reward_funcs:
+            if isinstance(func, nn.Module):
+                per_reward.append(self._reward_model_scores(prompts, completions))
+            else:
+                scores = func(
+                    prompts=prompts, completions=completions, completion_ids=completion_ids, **(columns or {})
+                )
+                per_reward.append(torch.tensor(scores, dtype=torch.float32, device=self.accelerator.device))
+        stacked = torch.stack(per_reward, dim=1)  # (B, R)
+        mode = "train" if self.model.training else "eval"
+        if len(self.reward_funcs) > 1:
+            for name, column in zip(self.reward_func_names, stacked.unbind(1)):
+                self._log_mean(mode, f"rewards/{name}/mean", column)
+        return (stacked * self.reward_weights.to(stacked.device)).sum(1)
+
+    def _reward_model_scores(self, prompts: list, completions: list[str]) -> torch.Tensor:
         """Reward-model scores ``(B,)``: the text is formatted as TRL's `RewardTrainer` trained it (chat template for
         conversations; prompt + completion + EOS for plain text)."""
         device = self.accelerator.device
-        if not isinstance(self.reward_model, nn.Module):
-            scores = self.reward_model(prompts=prompts, completions=completions, completion_ids=completion_ids)
-            return torch.tensor(scores, dtype=torch.float32, device=device)
         tok = self.reward_processing_class
         ids = [encode_sequence(tok, p, c) for p, c in zip(prompts, completions)]
         tensors = [torch.tensor(x) for x in ids]
@@ -373,7 +408,8 @@ class PPOTrainer(MetricsMixin, _BaseTrainer):
         completion_ids = [c[m.bool()].tolist() for c, m in zip(completion, mask)]
         texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
 
-        scores = self._score(prompts, texts, completion_ids)  # (B,)
+        columns = {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"}
+        scores = self._score(prompts, texts, completion_ids, columns)  # (B,)
         raw_scores = scores.clone()
         if args.missing_eos_penalty is not None:
             scores = scores - args.missing_eos_penalty * (~has_eos).float()

@@ -55,6 +55,13 @@ class RankedRewardArguments:
     reward_max_length: int | None = field(
         default=1024, metadata={"help": "Online: longer prompt + response sequences are left out of reward training."}
     )
+    reward_functions: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Online: rule-based rewards beside or instead of the reward model (instruction_following, or "
+            "dotted paths); with no reward_model_path, no reward model is trained. Weighted by reward_weights."
+        },
+    )
     rank_within_group: bool = field(
         default=False,
         metadata={"help": "Online: replace reward-model scores by their ranks within each group of completions."},
