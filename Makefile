@@ -8,7 +8,7 @@ test:  ## fast tests (default selection: not slow, not gpu)
 	$(PYTHON) -m pytest -q
 
 test-slow:  ## tiny-model training and learning tests (CPU, minutes)
-	$(PYTHON) -m pytest -q -m "slow and not gpu"
+	$(PYTHON) -m pytest -q -m "slow and not gpu" --durations=25
 
 test-all: test test-slow
 

@@ -5,8 +5,8 @@ generation call, 4 answers each), the generator runs on the same shipped constra
 prints answers/s and answer tokens/s (from the run's own .meta.json). One process, one configuration after another,
 so the ratios come from one run on one machine.
 
-    python benchmarks/generate_speed.py                       # 8 prompts x 4 answers, 96 new tokens, each setting
-    python benchmarks/generate_speed.py --prompts 16 --threads 2
+    python benchmarks/generate_speed.py        # 16 prompts x 4 answers, 96 new tokens, batches 4/8/16, fp32 and nf4
+    python benchmarks/generate_speed.py --prompts 8 --batches 8 --threads 2 --output speed.json
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, default=96)
-    parser.add_argument("--batches", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--precisions", nargs="+", default=["float32", "nf4"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--output", default=None, help="write the records as JSON here")

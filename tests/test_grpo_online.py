@@ -221,8 +221,9 @@ def sft_model(tmp_path_factory, tiny_model_path):
     return out
 
 
-def _sample_quality(model, tokenizer) -> float:
-    """Mean true quality of one sampled completion per held-out prompt (fixed seed)."""
+def _sample_quality(model, tokenizer, samples_per_prompt: int = 8) -> float:
+    """Mean true quality of sampled completions of the held-out prompts (fixed seed). Several per prompt: with one,
+    float noise between machines moved the SFT model's estimate from 0.60 to 0.69."""
     model.eval()
     ids = tokenizer.apply_chat_template([r["prompt"] for r in HELD_OUT], add_generation_prompt=True, return_dict=True)
     tokenizer.padding_side = "left"
@@ -230,7 +231,8 @@ def _sample_quality(model, tokenizer) -> float:
     tokenizer.padding_side = "right"
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)
-        out = model.generate(**batch, max_new_tokens=24, do_sample=True, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(**batch, max_new_tokens=24, do_sample=True, num_return_sequences=samples_per_prompt,
+                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return sum(map(quality, texts)) / len(texts)
 
@@ -257,7 +259,7 @@ def test_online_grpo_learns_from_a_reward_model_learned_from_rankings(sft_model,
     with capsys.disabled():
         print(f"\nonline GRPO (Plackett-Luce reward model): held-out sample quality {before:.3f} -> {after:.3f}; "
               f"held-out Kendall tau of implicit rewards vs true quality 0 -> {tau:.3f}")  # fmt: skip
-    # measured: quality 0.60 -> 0.85, tau 0 -> 0.56 (the adapter starts at zero: every implicit reward is 0)
+    # measured: quality 0.55 -> 0.86, tau 0 -> 0.56 (the adapter starts at zero: every implicit reward is 0)
     assert after > before + 0.15
     assert tau > 0.3
 
