@@ -9,17 +9,21 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 from torch.testing import assert_close
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl import DPOConfig, DPOTrainer, RewardConfig
 from trl.trainer.utils import add_fused_lm_head, pad
 
 from trl_ext import LengthAwareIPOConfig, LengthAwareIPOTrainer, RankedGRPOConfig, RankedGRPOTrainer
 from trl_ext.dpo import PrefixSharingDPOConfig, PrefixSharingDPOTrainer
 from trl_ext.prefix_sharing import (
+    EXACT_FAMILIES,
     PairPrefixSharing,
     pack_groups,
     packed_model_inputs,
+    pooled_positions,
+    prefix_sharing_usable,
     shared_prefix_log_probs,
+    shared_prefix_scores,
     supports_prefix_sharing,
 )
 from trl_ext.ranked_grpo import PlackettLuceRewardTrainer
@@ -102,6 +106,101 @@ def test_unsupported_attention_and_sliding_windows_are_named(tiny_model_path):
     model.config._attn_implementation = "sdpa"
     model.config.sliding_window = 64
     assert "sliding-window" in supports_prefix_sharing(model)
+
+
+# --- model families: shared equals unshared, or the family is refused ---------------------------------------------
+_DENSE = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              intermediate_size=64, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
+_LINEAR = dict(head_dim=16, linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=8,
+               linear_value_head_dim=8, layer_types=["linear_attention", "full_attention"])  # fmt: skip
+_MAMBA = dict(mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8, mamba_n_groups=1)
+# tiny random configs: (model_type, overrides of _DENSE or a config of its own)
+FAMILIES = {
+    "llama": {},
+    "mistral": dict(sliding_window=None),
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
+    "qwen2": {},
+    "qwen2-sliding-flag-but-no-sliding-layer": dict(
+        model_type="qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=2
+    ),  # fmt: skip
+    "qwen3": {},
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
+    "gemma": {},
+    "phi3": {},
+    "olmo2": {},
+    "gpt_neox": {},
+    "gpt2": dict(
+        own=dict(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2)
+    ),  # fmt: skip
+    "granite": {},
+    "smollm3": {},
+}
+REFUSED = {  # model_type -> (config, what the refusal names)
+    "qwen3_5_text": (dict(_DENSE, **_LINEAR), "linear_attention layers"),
+    "qwen3_next": (
+        dict(
+            _DENSE,
+            **_LINEAR,
+            num_experts=2,
+            num_experts_per_tok=1,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=32,
+        ),
+        "linear_attention layers",
+    ),  # fmt: skip
+    "bamba": (dict(_DENSE, **_MAMBA, attn_layer_indices=[1]), "state runs"),
+    "jamba": (dict(_DENSE, num_experts=2, attn_layer_period=2, attn_layer_offset=1, mamba_d_state=8), "state runs"),
+    "granitemoehybrid": (
+        dict(_DENSE, **_MAMBA, layer_types=["mamba", "attention"], num_local_experts=2, num_experts_per_tok=1),
+        "state runs",
+    ),  # fmt: skip
+    "lfm2": (dict(_DENSE, layer_types=["conv", "full_attention"]), "conv layers"),
+    "mpt": (dict(vocab_size=128, d_model=32, n_heads=4, n_layers=2, max_seq_len=256), "ALiBi"),
+    "bloom": (dict(vocab_size=128, hidden_size=32, n_layer=2, n_head=4), "ALiBi"),
+    "falcon": (dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, alibi=True), "ALiBi"),
+    "mistral": (dict(_DENSE, sliding_window=4), "sliding-window"),
+    "mixtral": (dict(_DENSE, num_local_experts=4, num_experts_per_tok=2, output_router_logits=True), "router"),
+    "qwen3_moe": (
+        dict(_DENSE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, output_router_logits=True),
+        "router",
+    ),  # fmt: skip
+}
+
+
+def _family_model(model_type: str, config: dict, attention: str = "sdpa"):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config), attn_implementation=attention,
+                                             dtype=torch.float32)  # fmt: skip
+    return model.eval()
+
+
+def test_the_family_table_is_the_list_of_exact_families():
+    assert {spec.get("model_type", name) for name, spec in FAMILIES.items()} == EXACT_FAMILIES
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_each_exact_family_gives_the_unshared_log_probs(name):
+    spec = dict(FAMILIES[name])
+    model_type, own = spec.pop("model_type", name), spec.pop("own", None)
+    model = _family_model(model_type, own or dict(_DENSE, **spec))
+    assert supports_prefix_sharing(model) is None
+    add_fused_lm_head(model)
+    ids, attention, labels, groups = _batch(PROMPTS, RESPONSES)
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True).log_probs
+        got, _ = shared_prefix_log_probs(model, {"input_ids": ids, "attention_mask": attention}, labels, groups)
+    assert_close(got, want, **TOL)
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_hybrid_alibi_and_router_loss_families_are_refused_with_one_warning(name, caplog):
+    # each of these gave wrong shared log-probs (state crossing responses, ALiBi from row distance) or crashed
+    config, reason = REFUSED[name]
+    model = _family_model(name, config, attention="eager" if name in ("mpt", "bloom", "falcon") else "sdpa")
+    with caplog.at_level(logging.WARNING, logger="trl_ext.prefix_sharing"):
+        assert prefix_sharing_usable(True, model) is False
+    assert reason in supports_prefix_sharing(model)
+    assert caplog.text.count("training runs unshared") == 1
 
 
 # --- exactness of the forward ----------------------------------------------------------------------------------
@@ -233,7 +332,7 @@ def _pair_trainers(tiny_model_path, tmp_path, make, **extra):
     [("peft", {}), ("ref_model", {}), ("peft", {"max_length": 40, "truncation_mode": "keep_end"})],
     ids=["peft-reference", "reference-copy", "keep-end-truncation"],
 )
-def test_prefix_sharing_dpo_equals_trls_dpo_trainer(tiny_model_path, tmp_path, reference, extra):
+def test_prefix_sharing_dpo_equals_trls_dpo_trainer(tiny_model_path, tmp_path, reference, extra, caplog):
     def make(model, share, data, out, **kw):
         config = PrefixSharingDPOConfig if share else DPOConfig
         args = config(
@@ -250,10 +349,11 @@ def test_prefix_sharing_dpo_equals_trls_dpo_trainer(tiny_model_path, tmp_path, r
     (shared, unshared), data = _pair_trainers(tiny_model_path, tmp_path, make, **extra)
     assert type(unshared) is DPOTrainer and shared.prefix_sharing is not None
     examples = [shared.train_dataset[i] for i in range(4)]
-    _assert_same(shared, unshared, examples)
+    with caplog.at_level(logging.WARNING, logger="trl_ext.prefix_sharing"):
+        _assert_same(shared, unshared, examples)
     sharing = shared.prefix_sharing
-    if "truncation_mode" in extra:  # keep_end cut these prompts differently: nothing shared, never wrongly shared
-        assert 0 < sharing.packed_tokens <= sharing.unshared_tokens
+    if "truncation_mode" in extra:  # keep_end cut these prompts differently: nothing to share, so nothing packed
+        assert sharing.packed_tokens == 0 and caplog.text.count("share no prompt token") == 1
     else:
         assert 0 < sharing.packed_tokens < sharing.unshared_tokens
 
@@ -316,3 +416,62 @@ def test_pair_hooks_pack_pairs_and_pass_other_calls_through_with_one_warning(tin
     assert_close(odd.log_probs, want[:1], **TOL)
     assert no_mask.log_probs.shape == want.shape
     assert caplog.text.count("odd number of sequences") == 1 and caplog.text.count("no 2D attention_mask") == 1
+
+
+def test_reward_scores_pool_where_the_model_does_when_pad_is_eos(tiny_model_path):
+    # pad_token_id == eos_token_id and answers ending in EOS: transformers pools at the last token that is not the
+    # pad id (before the EOS); the shared path read the last mask position (the EOS): 0.2394 vs 0.1306 in review
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_path, num_labels=1).eval()
+    eos = model.config.eos_token_id
+    model.config.pad_token_id = eos
+    torch.nn.init.normal_(model.score.weight)
+    prompts, responses = [[5, 6, 7, 8, 9]], [[[20, 21, eos], [22, eos], [23, 24, 25, 26, eos]]]
+    seqs = [torch.tensor(prompts[0] + r) for r in responses[0]]
+    ids = pad(seqs, eos, "right")
+    attention = pad([torch.ones_like(s) for s in seqs], 0, "right")
+    assert pooled_positions(ids, attention, eos).tolist() == [6, 5, 8]  # the token before each EOS
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=attention).logits
+        got = shared_prefix_scores(model, {"input_ids": ids, "attention_mask": attention}, torch.tensor([0, 0, 0]))
+    assert_close(got, want, **TOL)
+
+
+def test_a_reference_model_that_cannot_share_is_checked_on_its_own(tiny_model_path, tmp_path, caplog):
+    # an ALiBi reference (Bloom) beside a Llama policy: hooked as the policy was, its forward crashed
+    data = Dataset.from_list(ToyTask(seed=4, prompt_words=10).rows("pairs", 4))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    reference = _family_model("bloom", dict(vocab_size=len(tokenizer), hidden_size=32, n_layer=2, n_head=4,
+                                            pad_token_id=0, eos_token_id=1), attention="eager")  # fmt: skip
+    trainers = []
+    for share in (True, False):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_path, attn_implementation="sdpa")
+        config = PrefixSharingDPOConfig if share else DPOConfig
+        args = config(str(tmp_path / str(share)), beta=0.1, per_device_train_batch_size=4, **CPU,
+                      **({"prefix_sharing": True} if share else {}))  # fmt: skip
+        with caplog.at_level(logging.WARNING, logger="trl_ext.prefix_sharing"):
+            trainers.append((PrefixSharingDPOTrainer if share else DPOTrainer)(
+                model, ref_model=reference, args=args, train_dataset=data, processing_class=tokenizer))  # fmt: skip
+    shared, unshared = trainers
+    assert "ALiBi" in caplog.text and "the reference model runs unshared" in caplog.text
+    _assert_same(shared, unshared, [shared.train_dataset[i] for i in range(4)])
+    assert 0 < shared.prefix_sharing.packed_tokens < shared.prefix_sharing.unshared_tokens  # the policy still shares
+
+
+def test_dpo_with_a_router_loss_trains_unshared_and_without_it_shares(tiny_model_path, tmp_path, caplog):
+    # TRL asks a mixture-of-experts policy for router logits whenever its config has them: the load-balancing loss
+    # then received the 4D mask and crashed
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    data = Dataset.from_list(ToyTask(seed=4, prompt_words=10).rows("pairs", 4))
+    for coefficient, shares in ((None, False), (0.0, True)):
+        model = _family_model("mixtral", dict(_DENSE, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1,
+                                              num_local_experts=4, num_experts_per_tok=2))  # fmt: skip
+        args = PrefixSharingDPOConfig(str(tmp_path / str(coefficient)), beta=0.1, per_device_train_batch_size=4,
+                                      prefix_sharing=True, router_aux_loss_coef=coefficient, max_steps=1, **CPU)  # fmt: skip
+        with caplog.at_level(logging.WARNING, logger="trl_ext.prefix_sharing"):
+            trainer = PrefixSharingDPOTrainer(model, args=args, train_dataset=data, processing_class=tokenizer,
+                                              peft_config=_perturbed_lora())  # fmt: skip
+            trainer.train()
+        assert (trainer.prefix_sharing is not None) is shares
+        assert ("load-balancing loss" in caplog.text) is not shares
+        caplog.clear()

@@ -24,10 +24,16 @@ Cost. A group of n responses of length R after a prompt of length P runs `P + n 
 `n (P + R)` (plus padding), but its attention is dense over the packed row (the mask is not exploited by sdpa):
 worthwhile when prompts are long against responses, not when responses dominate.
 
-Where it works: attention implementations that take a 4D additive mask with explicit position ids (`eager`, `sdpa`:
-transformers' Llama, Qwen2, Mistral, Gemma...). `flash_attention_*` and `flex_attention` cannot take it, and models
-with sliding-window layers would lose their window under a custom mask: for those, `supports_prefix_sharing` says
-why not and the callers fall back to the unshared forward with one warning.
+Where it works: the model families it is known to be exact for (`EXACT_FAMILIES`: every layer full attention,
+positions taken from `position_ids`; each checked against the unshared forward in tests/test_prefix_sharing.py),
+with an attention implementation that takes a 4D mask (`eager`, `sdpa`). Everything else runs unshared, after one
+warning that says why (`supports_prefix_sharing`): `flash_attention_*` and `flex_attention` cannot take the mask;
+sliding-window layers would lose their window; recurrent, convolution and linear-attention layers (Mamba hybrids,
+Qwen3-Next, Qwen3.5, LFM2) carry state from one response into the next, which no mask stops; ALiBi (MPT, Bloom,
+Falcon) computes its bias from distances in the row, not from `position_ids`; a router's load-balancing loss
+(`output_router_logits`) reads the 2D mask; mrope positions are not plain position ids. A batch whose groups share
+no prompt token (e.g. prompts cut differently by `keep_end` truncation) also runs unshared: packing it would only make
+its attention denser.
 """
 
 from __future__ import annotations
@@ -42,9 +48,19 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 
+# `model_type`s of the text model whose every layer is full attention with positions from `position_ids`, each
+# checked shared == unshared over a tiny random config in tests/test_prefix_sharing.py. Add one only with its test.
+EXACT_FAMILIES = frozenset(
+    {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma", "phi3", "olmo2", "gpt_neox", "gpt2",
+     "granite", "smollm3"}
+)  # fmt: skip
+ALIBI_FAMILIES = frozenset({"mpt", "bloom"})
+SLIDING_WINDOW = "the model has sliding-window attention layers, which a custom 4D mask would turn into full attention"
+
 
 def supports_prefix_sharing(model: Any) -> str | None:
-    """None if `model` can take a packed row (a 4D attention mask + position ids), else why not, in a few words."""
+    """None if `model` gives on a packed row (a 4D attention mask + position ids) exactly what it gives unshared,
+    else why not, in a few words. Only what is known to be exact passes (`EXACT_FAMILIES`)."""
     config = getattr(model, "config", None)
     if config is None:
         return "the model has no config"
@@ -52,13 +68,39 @@ def supports_prefix_sharing(model: Any) -> str | None:
     implementation = getattr(text, "_attn_implementation", None) or getattr(config, "_attn_implementation", None)
     if implementation not in SUPPORTED_ATTENTION:
         return f"attn_implementation={implementation!r} cannot take a 4D attention mask (use 'sdpa' or 'eager')"
-    if "sliding_attention" in (getattr(text, "layer_types", None) or ()) or (
-        getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True)
-    ):
-        return "the model has sliding-window attention layers, which a custom 4D mask would turn into full attention"
+    model_type = getattr(text, "model_type", None)
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types:  # the per-layer truth where the config has it (Qwen2's use_sliding_window alone says nothing)
+        other = sorted(set(layer_types) - {"full_attention", "attention"})
+        if "sliding_attention" in other:
+            return SLIDING_WINDOW
+        if other:
+            return (f"the model has {'/'.join(other)} layers (recurrent, convolution or linear attention), whose "
+                    "state runs from one response into the next whatever the attention mask")  # fmt: skip
+    elif getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
+        return SLIDING_WINDOW
+    if model_type in ALIBI_FAMILIES or getattr(text, "alibi", False):
+        return "ALiBi attention biases come from distances within the row, not from position_ids"
     if getattr(text, "rope_scaling", None) and (text.rope_scaling or {}).get("mrope_section"):
         return "multimodal rotary positions (mrope) are not plain position ids"
+    if getattr(text, "output_router_logits", False):
+        return "output_router_logits=True: the router's load-balancing loss reads the 2D attention mask"
+    if model_type not in EXACT_FAMILIES:
+        return (f"model_type {model_type!r} is not one prefix sharing is known to be exact for "
+                f"({', '.join(sorted(EXACT_FAMILIES))})")  # fmt: skip
     return None
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        logger.warning("prefix sharing skipped: %s; this forward runs unshared", reason)
+
+
+NOTHING_SHARED = "the groups of this batch share no prompt token (e.g. prompts cut differently by keep_end truncation)"
 
 
 @dataclass
@@ -69,6 +111,8 @@ class PackedGroups:
     k-th member of the group, -1 on padding. `gather_index` `(N, T-1)` holds, for each unshared per-token position,
     its flat index in a packed per-token tensor `(G, L-1)`, or -1 where the unshared tensor has no value to take
     (prompt tokens, padding). `last_index` `(N,)`: the flat index in `(G, L)` of each member's last token.
+    `group_of`, `trunk_lengths`, `lengths` `(N,)`: each member's row, the length of its row's shared trunk, its own
+    length; `shared_tokens`: the tokens packing saves (each trunk counted once instead of once per member).
     """
 
     input_ids: torch.Tensor
@@ -77,6 +121,10 @@ class PackedGroups:
     segments: torch.Tensor
     gather_index: torch.Tensor
     last_index: torch.Tensor
+    group_of: torch.Tensor
+    trunk_lengths: torch.Tensor
+    lengths: torch.Tensor
+    shared_tokens: int
     unshared_tokens: int  # tokens the unshared batch holds (N x T)
 
     @property
@@ -106,9 +154,19 @@ class PackedGroups:
         valid = (index >= 0).reshape(*index.shape, *([1] * (packed.dim() - 2)))
         return torch.where(valid, taken, torch.full_like(taken, fill))
 
-    def last_token(self, packed: torch.Tensor) -> torch.Tensor:
-        """A per-position tensor of the packed rows, `(G, L, ...)` -> its value at each member's last token, `(N, ...)`."""
-        return packed.reshape(-1, *packed.shape[2:])[self.last_index.to(packed.device)]
+    def flat_index(self, positions: torch.Tensor) -> torch.Tensor:
+        """`(N,)` flat indices in `(G, L)` of the packed tokens that are each member's token at `positions` `(N,)`
+        of its unshared sequence (a trunk position is the row's shared trunk token)."""
+        positions = positions.cpu()
+        width = self.input_ids.size(1)
+        in_segment = self.last_index - (self.lengths - 1 - positions)
+        return torch.where(positions >= self.trunk_lengths, in_segment, self.group_of * width + positions)
+
+    def at_positions(self, packed: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """A per-position tensor of the packed rows, `(G, L, ...)` -> its value at each member's unshared position
+        `positions` `(N,)` (default: each member's last token), `(N, ...)`."""
+        index = self.last_index if positions is None else self.flat_index(positions)
+        return packed.reshape(-1, *packed.shape[2:])[index.to(packed.device)]
 
 
 def pack_groups(
@@ -152,6 +210,8 @@ def pack_groups(
     rows: list[tuple[list[int], list[int], list[int], list[int]]] = []  # ids, positions, labels, segments
     gather = torch.full((n, max(width - 1, 0)), -1, dtype=torch.long)
     last = torch.zeros(n, dtype=torch.long)
+    trunk_lengths = torch.zeros(n, dtype=torch.long)
+    shared_tokens = 0
     starts: list[list[tuple[int, int, int]]] = []  # per group: (member, segment start in row, trunk length)
     for m in members:
         cap = int(min(min(int(prompt_lengths[i]), int(lengths[i])) for i in m))
@@ -162,6 +222,8 @@ def pack_groups(
             if len(differs):
                 common = min(common, int(differs[0]))
         trunk = max(common - 1, 0)
+        shared_tokens += trunk * (len(m) - 1)
+        trunk_lengths[m] = trunk
         ids, positions, labs, segs = first[:trunk].tolist(), list(range(trunk)), [-100] * trunk, [0] * trunk
         placed = []
         for k, i in enumerate(m):
@@ -205,6 +267,10 @@ def pack_groups(
         segments=packed_segments,
         gather_index=gather,
         last_index=last,
+        group_of=group_index.cpu().long(),
+        trunk_lengths=trunk_lengths,
+        lengths=lengths.long(),
+        shared_tokens=shared_tokens,
         unshared_tokens=n * width,
     )
 
@@ -227,10 +293,16 @@ def packed_model_inputs(packed: PackedGroups, model: Any, device: torch.device) 
 def shared_prefix_log_probs(model: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
                             group_index: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, Any]:  # fmt: skip
     """`(N, T-1)` per-token log-probabilities of `labels` (TRL's fused LM head, `fused_lm_head=True`), computed with
-    one packed forward per group; returns them and the model's outputs on the packed rows. `model` may be wrapped
-    (DDP, PEFT); `inputs` holds the unshared `input_ids` and `attention_mask` `(N, T)`."""
+    one packed forward per group; returns them and the model's outputs on the packed rows (the unshared forward's
+    when the groups share nothing). `model` may be wrapped (DDP, PEFT); `inputs` holds the unshared `input_ids` and
+    `attention_mask` `(N, T)`."""
     packed = pack_groups(inputs["input_ids"], inputs["attention_mask"], group_index, labels=labels)
     device = inputs["input_ids"].device
+    if not packed.shared_tokens:
+        _warn_once(NOTHING_SHARED)
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
+                        fused_lm_head=True, use_cache=False, **kwargs)  # fmt: skip
+        return outputs.log_probs[:, -(inputs["input_ids"].size(1) - 1) :], outputs
     outputs = model(
         **packed_model_inputs(packed, model, device),
         labels=packed.labels.to(device),
@@ -285,6 +357,8 @@ class PairPrefixSharing:
             why = "the call has no 2D attention_mask (padding-free batches cannot be repacked)"
         elif "position_ids" in kwargs:
             why = "the call brings its own position_ids"
+        elif kwargs.get("output_router_logits"):
+            why = "output_router_logits=True: the router's load-balancing loss reads the 2D attention mask"
         elif input_ids.size(0) % 2:
             why = "the batch is not [chosen; rejected] pairs (an odd number of sequences)"
         if why is not None:
@@ -296,6 +370,9 @@ class PairPrefixSharing:
             packed = pack_groups(input_ids, attention_mask, group_index, labels=labels)
         except ValueError as error:
             self._skip(str(error))
+            return None
+        if not packed.shared_tokens:
+            self._skip(NOTHING_SHARED)
             return None
         self._pending[-1] = packed
         self.packed_tokens += packed.packed_tokens
@@ -320,46 +397,72 @@ class PairPrefixSharing:
         return output
 
 
-def prefix_sharing_usable(requested: bool, model: Any) -> bool:
-    """Whether to share: `requested` and `model` can take a packed row; when it cannot, one warning says why and the
-    run trains unshared (same loss, the usual forward)."""
-    if not requested:
+def prefix_sharing_usable(requested: bool, model: Any, role: str = "the model") -> bool:
+    """Whether to share: `requested` and `model` can take a packed row; when it cannot, one warning says why and
+    `role`'s forwards run unshared (same loss, the usual forward)."""
+    if not requested or model is None:
         return False
     why = supports_prefix_sharing(model)
     if why is not None:
-        logger.warning("prefix_sharing=True but %s: training runs unshared", why)
+        logger.warning("prefix_sharing=True but %s: %s", why,
+                       "training runs unshared" if role == "the model" else f"{role} runs unshared")  # fmt: skip
     return why is None
 
 
 def enable_pair_prefix_sharing(trainer: Any) -> PairPrefixSharing | None:
     """Hook a `DPOTrainer` (or subclass) whose `args.prefix_sharing` is set: its policy (`trainer.model`) and separate
-    reference (`trainer.ref_model`) run their `fused_lm_head=True` calls prefix-shared. Returns the hooks (their
-    `packed_tokens` / `unshared_tokens` count the work), or None when off or when the model cannot take it (logged)."""
-    if not prefix_sharing_usable(getattr(trainer.args, "prefix_sharing", False), trainer.model):
+    reference (`trainer.ref_model`, checked on its own) run their `fused_lm_head=True` calls prefix-shared. Returns
+    the hooks (their `packed_tokens` / `unshared_tokens` count the work), or None when off or when the policy cannot
+    take it (logged)."""
+    if not getattr(trainer.args, "prefix_sharing", False):
+        return None
+    if getattr(trainer, "aux_loss_enabled", False):  # TRL asks the policy for router logits on every forward
+        logger.warning("prefix_sharing=True but the router's load-balancing loss (router_aux_loss_coef=%s) reads the "
+                       "2D attention mask: training runs unshared (router_aux_loss_coef=0 shares)",
+                       getattr(trainer, "router_aux_loss_coef", None))  # fmt: skip
+        return None
+    if not prefix_sharing_usable(True, trainer.model):
         return None
     sharing = PairPrefixSharing()
-    for module in (trainer.model, getattr(trainer, "ref_model", None)):
-        if module is not None:
-            sharing.register(module)
+    sharing.register(trainer.model)
+    reference = getattr(trainer, "ref_model", None)
+    if prefix_sharing_usable(reference is not None, reference, role="the reference model"):
+        sharing.register(reference)
     return sharing
 
 
+def pooled_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
+    """`(N,)` the position a sequence-classification model of transformers pools each right-padded sequence at:
+    its rightmost token that is not `pad_token_id` (so with `pad_token_id == eos_token_id` a trailing EOS is
+    skipped), or its last token when the model has no pad token."""
+    lengths = attention_mask.sum(1)
+    if pad_token_id is None:
+        return (lengths - 1).clamp(min=0)
+    index = torch.arange(input_ids.size(1), device=input_ids.device)
+    return (index * (input_ids != pad_token_id).int()).argmax(-1)
+
+
 def shared_prefix_scores(model: Any, inputs: dict[str, torch.Tensor], group_index: torch.Tensor) -> torch.Tensor:
-    """`(N, num_labels)` scores of a sequence-classification model (a reward model) at each sequence's last token,
-    computed with one packed forward per group. The shared part is the group's whole common prefix (no labels:
-    every token before a sequence's last is context). The per-position scores are read from the score head with a
-    forward hook, as the model's own pooling would pick one position per packed row."""
-    packed = pack_groups(inputs["input_ids"], inputs["attention_mask"], group_index)
-    device = inputs["input_ids"].device
+    """`(N, num_labels)` scores of a sequence-classification model (a reward model), each read where the model's own
+    pooling reads it (`pooled_positions`), computed with one packed forward per group. The shared part is the
+    group's whole common prefix (no labels: every token before a sequence's last is context). The per-position
+    scores are read from the score head with a forward hook."""
+    input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+    packed = pack_groups(input_ids, attention_mask, group_index)
     core = _core_model(model)
+    if not packed.shared_tokens:
+        _warn_once(NOTHING_SHARED)
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     base = core.get_base_model() if hasattr(core, "get_base_model") else core
     head = next((getattr(base, name) for name in ("score", "classifier") if hasattr(base, name)), None)
     if head is None:
         raise ValueError(f"{type(base).__name__} has no `score` or `classifier` head to read per-position scores from")
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    positions = pooled_positions(input_ids.cpu(), attention_mask.cpu(), getattr(config, "pad_token_id", None))
     captured: list[torch.Tensor] = []
     handle = head.register_forward_hook(lambda module, args, output: captured.append(output))
     try:
-        model(**packed_model_inputs(packed, model, device), use_cache=False)
+        model(**packed_model_inputs(packed, model, input_ids.device), use_cache=False)
     finally:
         handle.remove()
-    return packed.last_token(captured[-1])
+    return packed.at_positions(captured[-1], positions)

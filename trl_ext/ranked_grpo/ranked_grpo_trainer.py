@@ -195,6 +195,10 @@ class RankedGRPOTrainer(MetricsMixin, Trainer):
         self.ref_model = prepare_reference_model(self, ref_model)
 
         self.prefix_sharing = prefix_sharing_usable(args.prefix_sharing, self.model)
+        # A separate reference model is checked on its own (the PEFT reference is the policy with adapters off)
+        self.ref_prefix_sharing = self.prefix_sharing and (
+            self.ref_model is None or prefix_sharing_usable(True, self.ref_model, role="the reference model")
+        )
         self.epsilon_low = args.epsilon
         self.epsilon_high = args.epsilon_high if args.epsilon_high is not None else args.epsilon
         self._init_metrics()
@@ -281,10 +285,12 @@ class RankedGRPOTrainer(MetricsMixin, Trainer):
         return batch_samples, num_items_in_batch
 
     # ---------------------------------------------------------------------------------------------------- loss
-    def _per_token_logps(self, model, inputs: dict[str, Any]) -> torch.Tensor:
-        """`(N, T-1)` log-probabilities of each next token, 0 outside the completions."""
+    def _per_token_logps(self, model, inputs: dict[str, Any], share: bool | None = None) -> torch.Tensor:
+        """`(N, T-1)` log-probabilities of each next token, 0 outside the completions (prefix-shared when `share`,
+        by default the policy's setting)."""
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
-        if self.prefix_sharing:  # one packed row per group: the prompt once (trl_ext.prefix_sharing)
+        share = self.prefix_sharing if share is None else share
+        if share:  # one packed row per group: the prompt once (trl_ext.prefix_sharing)
             return shared_prefix_log_probs(model, inputs, labels, inputs["group_index"])[0]
         outputs = model(
             input_ids=inputs["input_ids"],
@@ -299,7 +305,7 @@ class RankedGRPOTrainer(MetricsMixin, Trainer):
     @torch.no_grad()
     def _ref_per_token_logps(self, inputs: dict[str, Any]) -> torch.Tensor:
         if self.ref_model is not None:
-            return self._per_token_logps(self.ref_model, inputs)
+            return self._per_token_logps(self.ref_model, inputs, share=self.ref_prefix_sharing)
         with reference_context(self):
             return self._per_token_logps(self.model, inputs)
 
