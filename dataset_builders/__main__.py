@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
             help="another project's layout (detected when its fields are unambiguous; docs/data.md lists them)",
         )
         sub.add_argument("--prefer", choices=("better", "safer"), help="PKU-SafeRLHF: which preference to train on")
+        sub.add_argument(
+            "--min-score-ratio",
+            type=float,
+            help="Stanford SHP: keep pairs whose score_ratio is at least this (its authors trained on 2)",
+        )
         sub.add_argument("--dataset-name", help="SOURCE is a LLaMA-Factory dataset_info.json: the entry to read")
         sub.add_argument(
             "--columns",
@@ -110,6 +115,7 @@ _OPTION_FLAGS = (
     "dataset_name",
     "format",
     "prefer",
+    "min_score_ratio",
     "columns",
     "split",
     "ranking_format",
@@ -137,6 +143,10 @@ def _print_inspect(info: dict[str, Any]) -> None:
     print(f"rows:     {info['rows']} ({info['valid_rows']} valid)")
     if info.get("unused_fields"):
         print(f"unused:   {', '.join(info['unused_fields'])} (not in the training data)")
+    for reason, count in info.get("left_out", {}).items():
+        print(f"left out: {count} {reason}")
+    for note in info.get("notes", []):
+        print(f"note:     {note}")
     print(f"columns:  {', '.join(info['columns'])}")
     if "conversational" in info:
         print(f"form:     {'conversational (message lists)' if info['conversational'] else 'standard (strings)'}")

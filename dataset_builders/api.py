@@ -44,6 +44,7 @@ OPTIONS = {
     "sft_target_rejected": ("refuse", "swap"),  # orpo: what sft_target "rejected" means (see resolve_sft_target)
     "format": None,  # another project's layout by name (formats.BY_NAME); detected when its fields are unambiguous
     "prefer": ("better", "safer"),  # PKU-SafeRLHF: which of its two preferences to train on
+    "min_score_ratio": None,  # Stanford SHP: keep pairs whose score_ratio is at least this (its authors train on 2)
     "columns": None,  # {our field: the source's field}: rename before anything else
     "message_tags": None,  # LLaMA-Factory sharegpt tags (role_tag, content_tag, user_tag, ...), from dataset_info.json
     "dataset_name": None,  # the entry of a LLaMA-Factory dataset_info.json given as the source
@@ -86,9 +87,38 @@ def _check_options(options: dict[str, Any]) -> None:
             )
         ):
             raise ValueError(f"option columns: expected {{our field: your field}} (strings), got {value!r}")
+        if (
+            key == "min_score_ratio"
+            and value is not None
+            and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1)
+        ):
+            raise ValueError(
+                f"option min_score_ratio={value!r}: expected a number of at least 1 (SHP's authors use 2)"
+            )
         allowed = OPTIONS[key]
         if allowed is not None and value is not None and value not in allowed:
             raise ValueError(f"option {key}={value!r}: expected one of {allowed}")
+
+
+def _tag_hint(src: Source, unused: set[str]) -> str:
+    """For a refusal of rows that carry no preference: the unused true/false columns, which may be the label (as
+    LLaMA-Factory's kto_tag, whose column each dataset_info.json names)."""
+    first = first_row(src.table) or {}
+    flags = sorted(c for c in unused if isinstance(first.get(c), bool))
+    if not flags:
+        return ""
+    return (f"; the column(s) {', '.join(flags)} hold true/false: if one is the label (LLaMA-Factory's kto_tag), "
+            f"pass --columns label={flags[0]} (dataset_columns in a recipe) or the dataset_info.json entry")  # fmt: skip
+
+
+def shp_ratio_note(table: pa.Table, ratio: float = 2.0) -> str:
+    """How many SHP pairs the filter its authors recommend keeps (they trained on pairs with a 2+ score ratio)."""
+    from .formats import _score_ratio
+
+    ratios = [_score_ratio(row) for row in table.select([c for c in ("score_ratio", "score_A", "score_B") if c in table.column_names]).to_pylist()]  # fmt: skip
+    kept = sum(r is not None and r >= ratio for r in ratios)
+    return (f"min_score_ratio={ratio:g} (SHP's authors train on pairs with a 2+ score ratio) would keep {kept} of "
+            f"{table.num_rows} pairs")  # fmt: skip
 
 
 def _check_sft_target_rejected(piece: Source, choice: str) -> None:
@@ -153,23 +183,18 @@ def _resolve_shape(src: Source, shape: str | None) -> str:
 
 
 def _implicit_prompt(src: Source, shape: str) -> Source:
-    from .importers import split_shared_prompt, system_into_prompt
+    """The prompt the rows hold implicitly, then the `system` column in front of it. In this order: a string prompt
+    beside conversations that repeat it is split off them first (the shared turns), and a prompt shared by chosen
+    and rejected is taken off them (TRL's implicit prompt, conversational or text), so that the system message goes
+    in front of the prompt the pair really has, not in front of a copy of its user turn."""
+    from .importers import extract_implicit_prompt, split_shared_prompt, system_into_prompt
 
-    src = system_into_prompt(src)
     if shape in PAIR_SHAPES:
         src = split_shared_prompt(src)
-    table = src.table
-    columns = table.column_names
-    if (
-        shape in PAIR_SHAPES
-        and "prompt" not in columns
-        and {"chosen", "rejected"} <= set(columns)  # one missing: validation names it
-        and is_messages_type(table.column("chosen").type)
-    ):
-        from .importers import extract_implicit_prompt
-
-        return extract_implicit_prompt(src)
-    return src
+        columns = src.table.column_names
+        if "prompt" not in columns and {"chosen", "rejected"} <= set(columns):  # one missing: validation names it
+            src = extract_implicit_prompt(src)
+    return system_into_prompt(src)
 
 
 # fields a shape reads besides its own (FIELDS): a system message (into the prompt), TRL's `completion` for binary,
@@ -258,8 +283,10 @@ def _load(
         if piece.offset:  # a later block of a streamed file: the same renaming as the first
             piece = _rename_columns(piece, options.get("columns"))
         if fmt is not None:
-            piece, piece_unused, problems = apply_format(piece, fmt, options, on_error)
+            piece, piece_unused, problems, left_out = apply_format(piece, fmt, options, on_error)
             unused |= piece_unused
+            for reason, count in left_out.items():
+                report.skipped[reason] = report.skipped.get(reason, 0) + count
             report.dropped += len(problems)
             report.problems += problems[: max(0, 20 - len(report.problems))]
         else:
@@ -291,7 +318,7 @@ def _load(
             try:
                 table = convert(table, piece_shape, method, options, src.name, report.skipped)
             except Refusal as refusal:
-                raise DataError(src.name, str(refusal)) from None
+                raise DataError(src.name, str(refusal) + _tag_hint(src, unused)) from None
         outputs.append(table)
     report.unused_fields = sorted(unused)
     if fmt is not None:
@@ -417,8 +444,12 @@ def inspect(source: Any, shape: str | None = None, **options: Any) -> dict[str, 
     format_problems: list[str] = []
     if fmt is not None:
         info["format"] = describe(fmt)
-        src, unused, format_problems = apply_format(src, fmt, options, on_error="drop")
+        if fmt.name == "shp" and options.get("min_score_ratio") is None:
+            info["notes"] = [shp_ratio_note(src.table)]
+        src, unused, format_problems, left_out = apply_format(src, fmt, options, on_error="drop")
         info["unused_fields"] = sorted(unused)
+        if left_out:
+            info["left_out"] = left_out  # what the layout's own project leaves out by design
         info["rows_converted"] = src.table.num_rows  # a message tree can hold several ranked groups
     else:
         info["unused_fields"] = sorted(_unused_columns(src.table, shape))

@@ -10,6 +10,7 @@ A row the layout cannot express raises `FormatProblem(field, reason)`, which bec
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,8 +28,13 @@ class FormatProblem(Exception):
         self.field, self.reason = field, reason
 
 
-# canonical rows (usually one), the source fields used, and optionally nested fields left out ("input.tools")
-Converted = tuple[list[dict[str, Any]], set[str]] | tuple[list[dict[str, Any]], set[str], set[str]]
+# canonical rows (usually one), the source fields used, optionally nested fields left out ("input.tools"), and
+# optionally what the source project's own loader leaves out, counted by reason ({"trees not ready_for_export": 1})
+Converted = (
+    tuple[list[dict[str, Any]], set[str]]
+    | tuple[list[dict[str, Any]], set[str], set[str]]
+    | tuple[list[dict[str, Any]], set[str], set[str], dict[str, int]]
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,9 @@ class Format:
 # ------------------------------------------------------------------------------------------------ message helpers
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
                    "observation": "tool", "function_call": "assistant", "tool": "tool"}  # fmt: skip
+
+
+_TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
 
 
 def _text(value: Any, field: str) -> str:
@@ -72,12 +81,18 @@ def _messages(value: Any, field: str) -> list[dict[str, str]]:
             tag = message.get("from")
             if tag not in _SHAREGPT_ROLES:
                 raise FormatProblem(field, f"message {k + 1}: unknown 'from' {short(tag)} (expected human, gpt, system, observation, function_call)")  # fmt: skip
-            out.append(_message(_SHAREGPT_ROLES[tag], _content(message.get("value"), field, k)))
+            out.append(_sharegpt_turn(tag, message.get("value"), field, k))
         else:
             role = message.get("role")
             if not isinstance(role, str) or not role:
                 raise FormatProblem(field, f"message {k + 1}: no 'role'")
-            out.append(_message(role, _content(message.get("content"), field, k)))
+            calls = message.get("tool_calls")
+            if calls and message.get("content") is None:  # an assistant turn that only calls tools (OpenAI)
+                out.append({"role": role, "content": ""})
+            else:
+                out.append(_message(role, _content(message.get("content"), field, k)))
+            # what chat templates read beside the text: the calls, and which call a tool message answers
+            out[-1].update({key: message[key] for key in _TOOL_KEYS if message.get(key) not in (None, [], "")})
     return out
 
 
@@ -89,16 +104,33 @@ def _lf_messages(value: Any, field: str, options: dict[str, Any]) -> list[dict[s
         return _messages(value, field)
     if not isinstance(value, list) or not value:
         raise FormatProblem(field, f"expected a non-empty list of messages, got {short(value)}")
-    roles = {tags.get("user_tag", "human"): "user", tags.get("assistant_tag", "gpt"): "assistant",
-             tags.get("system_tag", "system"): "system", tags.get("observation_tag", "observation"): "tool",
-             tags.get("function_tag", "function_call"): "assistant"}  # fmt: skip
+    # the entry's tag names -> ShareGPT's own
+    roles = {tags.get("user_tag", "human"): "human", tags.get("assistant_tag", "gpt"): "gpt",
+             tags.get("system_tag", "system"): "system", tags.get("observation_tag", "observation"): "observation",
+             tags.get("function_tag", "function_call"): "function_call"}  # fmt: skip
     role_key, content_key = tags.get("role_tag", "from"), tags.get("content_tag", "value")
     out = []
     for k, message in enumerate(value):
         if not isinstance(message, dict) or message.get(role_key) not in roles:
             raise FormatProblem(field, f"message {k + 1}: expected {role_key!r} one of {sorted(map(str, roles))}, got {short(message)}")  # fmt: skip
-        out.append(_message(roles[message[role_key]], _content(message.get(content_key), field, k)))
+        out.append(_sharegpt_turn(roles[message[role_key]], message.get(content_key), field, k))
     return out
+
+
+def _sharegpt_turn(tag: str, value: Any, field: str, k: int) -> dict[str, Any]:
+    """A ShareGPT turn as a message; a `function_call` turn (its value the JSON call, {"name", "arguments"}, or a
+    list of them) becomes the assistant's `tool_calls`, as chat templates render a call."""
+    if tag != "function_call":
+        return _message(_SHAREGPT_ROLES[tag], _content(value, field, k))
+    try:
+        calls = json.loads(_content(value, field, k))
+    except ValueError:
+        raise FormatProblem(field, f"message {k + 1}: a function_call value must be JSON ({{\"name\": ..., \"arguments\": ...}}), got {short(value)}") from None  # fmt: skip
+    calls = calls if isinstance(calls, list) else [calls]
+    if not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls):
+        raise FormatProblem(field, f'message {k + 1}: a function_call needs a "name", got {short(value)}')
+    return {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": c["name"], "arguments": c.get("arguments", {})}} for c in calls]}  # fmt: skip
 
 
 def _content(content: Any, field: str, k: int) -> str:
@@ -198,16 +230,27 @@ def _swift_query_kto(row, options) -> Converted:
     return [{"prompt": _query_prompt(row), "response": response, "label": _label(row.get("label"), "label")}], {"system", "query", "response", "history", "label"}  # fmt: skip
 
 
+_SWIFT_USER_KEYS, _SWIFT_ASSISTANT_KEYS = ("human", "user"), ("assistant", "gpt", "bot")
+
+
 def _swift_sharegpt_turns(row: dict[str, Any]) -> list[dict[str, str]]:
-    """ms-swift's sharegpt layout: `conversation` as [{"human": ..., "assistant": ...}, ...], after `system`."""
+    """ms-swift's `conversation` (its messages preprocessor reads all three): turns as {"human"|"user": ...,
+    "assistant"|"gpt"|"bot": ...} (or {"tool": ...} for the user side), or messages with role/content or
+    from/value keys; after `system`."""
     turns = row.get("conversation")
     if not isinstance(turns, list) or not turns:
-        raise FormatProblem("conversation", f"expected a non-empty list of {{human, assistant}} turns, got {short(turns)}")  # fmt: skip
+        raise FormatProblem("conversation", f"expected a non-empty list of turns, got {short(turns)}")
+    if all(isinstance(t, dict) and ({"role", "from"} & t.keys()) for t in turns):
+        turns = [{**t, "from": "gpt"} if t.get("from") == "bot" else t for t in turns]  # ms-swift also reads "bot"
+        return _with_system(row.get("system"), _messages(turns, "conversation"))
     messages = []
     for k, turn in enumerate(turns):
-        if not isinstance(turn, dict) or not isinstance(turn.get("human"), str) or not isinstance(turn.get("assistant"), str):  # fmt: skip
-            raise FormatProblem("conversation", f"turn {k + 1}: expected {{\"human\": text, \"assistant\": text}}, got {short(turn)}")  # fmt: skip
-        messages += [_message("user", turn["human"]), _message("assistant", turn["assistant"])]
+        user = next((turn[key] for key in (*_SWIFT_USER_KEYS, "tool") if isinstance(turn, dict) and key in turn), None)
+        answer = next((turn[key] for key in _SWIFT_ASSISTANT_KEYS if isinstance(turn, dict) and key in turn), None)
+        if not isinstance(user, str) or not isinstance(answer, str):
+            raise FormatProblem("conversation", f"turn {k + 1}: expected {{\"human\": text, \"assistant\": text}} (or user/gpt/bot keys, or role/content messages), got {short(turn)}")  # fmt: skip
+        user_role = "tool" if "tool" in turn and not any(key in turn for key in _SWIFT_USER_KEYS) else "user"
+        messages += [_message(user_role, user), _message("assistant", answer)]
     return _with_system(row.get("system"), messages)
 
 
@@ -245,6 +288,16 @@ def _openai_dpo(row, options) -> Converted:
     return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}], used, nested
 
 
+def _swift_rejected_messages(row, options) -> Converted:
+    """ms-swift's `messages` + `rejected_messages`: two conversations with the same turns up to their last
+    answers; the chosen answer ends `messages`, the rejected one `rejected_messages`."""
+    prompt, chosen = _split_last_answer(_messages(row.get("messages"), "messages"), "messages")
+    rejected_prompt, rejected = _split_last_answer(_messages(row.get("rejected_messages"), "rejected_messages"), "rejected_messages")  # fmt: skip
+    if rejected_prompt != prompt:
+        raise FormatProblem("rejected_messages", "must repeat the turns of messages before its last answer (ms-swift pairs the two turn by turn)")  # fmt: skip
+    return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}], {"messages", "rejected_messages"}
+
+
 def _swift_pairs(row, options) -> Converted:
     prompt, chosen = _split_last_answer(_messages(row.get("messages"), "messages"), "messages")
     rejected = _assistant(_text(row.get("rejected_response"), "rejected_response"), "rejected_response")
@@ -274,8 +327,21 @@ def _lf_kto(row, options) -> Converted:
     return _messages_label(row, options, "kto_tag", conversation)
 
 
+def _lf_alpaca_label(row, options) -> Converted:
+    """LLaMA-Factory alpaca KTO rows whose kto_tag column is named `label` (a boolean)."""
+    prompt, used = _alpaca_prompt(row)
+    response = _assistant(_text(row.get("output"), "output"), "output")
+    return [{"prompt": prompt, "response": response, "label": _label(row.get("label"), "label")}], used | {"output", "label"}  # fmt: skip
+
+
+def _label_is_bool(row: dict[str, Any]) -> bool:
+    return isinstance(row.get("label"), bool)
+
+
 def _lf_sharegpt_pairs(row, options) -> Converted:
     prompt = _with_system(row.get("system"), _lf_messages(row.get("conversations"), "conversations", options))
+    if prompt[-1]["role"] not in ("user", "tool"):  # LLaMA-Factory skips these rows as invalid
+        raise FormatProblem("conversations", "a preference row's conversation must end on a user (or observation) turn, the answers following in chosen and rejected")  # fmt: skip
 
     def answer(field: str) -> list[dict[str, str]]:
         value = row.get(field)
@@ -387,27 +453,61 @@ def _pku(row, options) -> Converted:
     return [{"prompt": _text(row.get("prompt"), "prompt"), "chosen": chosen, "rejected": rejected}], {"prompt", "response_0", "response_1", key}  # fmt: skip
 
 
+def _score_ratio(row: dict[str, Any]) -> float | None:
+    """SHP's `score_ratio` (the higher comment score over the lower), or from `score_A`/`score_B`."""
+    ratio = row.get("score_ratio")
+    if isinstance(ratio, (int, float)) and not isinstance(ratio, bool):
+        return float(ratio)
+    a, b = row.get("score_A"), row.get("score_B")
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)) and min(a, b) > 0:
+        return max(a, b) / min(a, b)
+    return None
+
+
 def _shp(row, options) -> Converted:
     label = _index(row.get("labels"))
     if label not in (0, 1):
         raise FormatProblem("labels", f"expected 1 (A preferred) or 0 (B preferred), got {short(row.get('labels'))}")
+    used = {"history", "human_ref_A", "human_ref_B", "labels"}
+    threshold = options.get("min_score_ratio")
+    if threshold is not None:
+        ratio = _score_ratio(row)
+        if ratio is None:
+            raise FormatProblem("score_ratio", "min_score_ratio needs score_ratio (or score_A and score_B above 0)")
+        used |= {"score_ratio", "score_A", "score_B"}
+        if ratio < threshold:
+            return [], used, set(), {f"SHP pairs with score_ratio below min_score_ratio={threshold:g}": 1}
     a, b = _text(row.get("human_ref_A"), "human_ref_A"), _text(row.get("human_ref_B"), "human_ref_B")
     chosen, rejected = (a, b) if label == 1 else (b, a)
-    return [{"prompt": _text(row.get("history"), "history"), "chosen": chosen, "rejected": rejected}], {"history", "human_ref_A", "human_ref_B", "labels"}  # fmt: skip
+    return [{"prompt": _text(row.get("history"), "history"), "chosen": chosen, "rejected": rejected}], used
 
 
 _OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
 
 
+def _oasst_excluded(message: dict[str, Any]) -> bool:
+    """What OpenAssistant's own export leaves out: deleted messages and those that failed review."""
+    return message.get("deleted") is True or message.get("review_result") is False
+
+
 def _oasst(row, options) -> Converted:
     """An OpenAssistant message tree: a ranked group at every node with two or more ranked replies; the prompt is
-    the conversation from the root to that node."""
+    the conversation from the root to that node. As OpenAssistant's export does, trees not `ready_for_export` and
+    deleted or review-failed messages (with the replies under them) are left out, counted."""
+    used = {"prompt", "tree_state"}
+    state = row.get("tree_state")
+    if state is not None and state != "ready_for_export":
+        return [], used, set(), {"OpenAssistant trees not ready_for_export": 1}
     root = row.get("prompt")
     if not isinstance(root, dict):
         raise FormatProblem("prompt", f"expected the tree's root message (an object with 'text' and 'replies'), got {short(root)}")  # fmt: skip
+    if _oasst_excluded(root):
+        return [], used, set(), {"OpenAssistant trees whose first message is deleted or failed review": 1}
     groups: list[dict[str, Any]] = []
+    excluded = 0
 
     def visit(node: Any, path: list[dict[str, str]], depth: int) -> None:
+        nonlocal excluded
         if not isinstance(node, dict) or not isinstance(node.get("text"), str):
             raise FormatProblem("prompt", f"a message at depth {depth} has no 'text'")
         role = _OASST_ROLES.get(node.get("role"))
@@ -417,7 +517,9 @@ def _oasst(row, options) -> Converted:
         replies = node.get("replies") or []
         if not isinstance(replies, list):
             raise FormatProblem("prompt", f"'replies' at depth {depth} must be a list")
-        ranked = [r for r in replies if isinstance(r, dict) and isinstance(r.get("rank"), int) and not isinstance(r.get("rank"), bool)]  # fmt: skip
+        kept = [r for r in replies if not (isinstance(r, dict) and _oasst_excluded(r))]
+        excluded += len(replies) - len(kept)
+        ranked = [r for r in kept if isinstance(r, dict) and isinstance(r.get("rank"), int) and not isinstance(r.get("rank"), bool)]  # fmt: skip
         if role == "user" and len(ranked) >= 2:
             texts = []
             for r in ranked:
@@ -426,11 +528,12 @@ def _oasst(row, options) -> Converted:
                 texts.append([_message("assistant", r["text"])])
             order = {v: i + 1 for i, v in enumerate(sorted({r["rank"] for r in ranked}))}  # rank 0 = best
             groups.append({"prompt": here, "responses": texts, "ranking": [order[r["rank"]] for r in ranked]})
-        for reply in replies:
+        for reply in kept:
             visit(reply, here, depth + 1)
 
     visit(root, [], 0)
-    return groups, {"prompt"}
+    left_out = {"OpenAssistant replies deleted or failing review (with the replies under them)": excluded} if excluded else {}  # fmt: skip
+    return groups, used, set(), left_out
 
 
 def _alpaca_prompts(row, options) -> Converted:
@@ -456,6 +559,9 @@ FORMATS: tuple[Format, ...] = (
            {"input": {"messages": [{"role": "user", "content": "Hello, can you tell me how cold San Francisco is today?"}], "tools": [], "parallel_tool_calls": True},
             "preferred_output": [{"role": "assistant", "content": "Today in San Francisco, it is not quite cold as expected."}],
             "non_preferred_output": [{"role": "assistant", "content": "It is not particularly cold in San Francisco today."}]}),
+    Format("ms_swift_rejected_messages", "ms-swift (DPO/ORPO/RM, rejected_messages)", "pairs", ("messages", "rejected_messages"), _swift_rejected_messages,
+           {"messages": [{"role": "user", "content": "Tell me tomorrow's weather"}, {"role": "assistant", "content": "Tomorrow's weather will be sunny"}],
+            "rejected_messages": [{"role": "user", "content": "Tell me tomorrow's weather"}, {"role": "assistant", "content": "I don't know"}]}),
     Format("ms_swift_rlhf", "ms-swift (DPO/ORPO/RM)", "pairs", ("messages", "rejected_response"), _swift_pairs,
            {"messages": [{"role": "system", "content": "You are a useful assistant"}, {"role": "user", "content": "Tell me tomorrow's weather"}, {"role": "assistant", "content": "Tomorrow's weather will be sunny"}],
             "rejected_response": "I don't know"}),
@@ -499,6 +605,8 @@ FORMATS: tuple[Format, ...] = (
            {"message_tree_id": "t1", "tree_state": "ready_for_export", "prompt": {"role": "prompter", "text": "2+2?", "replies": [
                {"role": "assistant", "text": "4", "rank": 0, "replies": []}, {"role": "assistant", "text": "5", "rank": 1, "replies": []}]}},
            empty=" (a group needs a prompter message with two or more ranked replies)"),
+    Format("llamafactory_alpaca_kto_label", "LLaMA-Factory (alpaca KTO, kto_tag column `label`)", "binary", ("instruction", "output", "label"), _lf_alpaca_label,
+           {"instruction": "2+2?", "input": "", "output": "4", "label": True}, first_row=_label_is_bool),
     Format("llamafactory_alpaca_ranking", "LLaMA-Factory (alpaca ranking: output best first)", "ranked", ("instruction", "output"), _lf_alpaca_ranking,
            {"instruction": "2+2?", "input": "", "output": ["4", "5"], "history": []}, first_row=_is_list_output),
     Format("llamafactory_alpaca", "LLaMA-Factory / Stanford Alpaca (SFT)", "messages", ("instruction", "output"), _lf_alpaca_sft,
@@ -533,9 +641,10 @@ def detect_format(columns: list[str], first: dict[str, Any] | None) -> Format | 
 
 def apply_format(
     src: Source, fmt: Format, options: dict[str, Any], on_error: str
-) -> tuple[Source, set[str], list[str]]:
+) -> tuple[Source, set[str], list[str], dict[str, int]]:
     """Convert every row of `src`; returns the new source (row numbers still point into the file), the fields no
-    converter used, and the problems of rows dropped with on_error="drop"."""
+    converter used, the problems of rows dropped with on_error="drop", and what the layout's own project leaves out
+    by design, counted by reason (the report's `skipped`)."""
     if fmt.refusal:
         raise src.error(fmt.refusal, index=0, field=None)
     rows = src.table.to_pylist()
@@ -543,6 +652,7 @@ def apply_format(
     origin: list[int] = []
     unused: set[str] = set()
     problems: list[str] = []
+    skipped: dict[str, int] = {}
     for i, row in enumerate(rows):
         try:
             missing = next((m for m in fmt.marks if row.get(m) is None), None)
@@ -556,15 +666,38 @@ def apply_format(
             problems.append(str(error))
             continue
         converted, used = result[0], result[1]
+        if "system" not in used and _system_first(converted, row.get("system")):
+            used = used | {"system"}
         unused |= {k for k, v in row.items() if k not in used and v not in (None, "", [], {})}
         unused |= result[2] if len(result) > 2 else set()
+        for reason, count in (result[3] if len(result) > 3 else {}).items():
+            skipped[reason] = skipped.get(reason, 0) + count
         out += converted
         origin += [i] * len(converted)
     if not out and not problems and rows:
-        raise src.error(f"no {fmt.shape} rows in these {fmt.project} rows{fmt.empty}")
+        left_out = "".join(f"; {count} left out: {reason}" for reason, count in skipped.items())
+        raise src.error(f"no {fmt.shape} rows in these {fmt.project} rows{fmt.empty}{left_out}")
     lines = np.asarray([src.locate(i) for i in origin], dtype=np.int64)
     converted = replace(src, table=pa.table({}), line_numbers=lines, offset=0)
-    return replace(converted, table=_to_table(out, converted)), unused, problems
+    return replace(converted, table=_to_table(out, converted)), unused, problems, skipped
+
+
+def _system_first(rows: list[dict[str, Any]], system: Any) -> bool:
+    """One rule for every layout with a `system` column (ms-swift, axolotl, LLaMA-Factory all put it first): a
+    system message at the head of each converted conversation (the prompt, an SFT conversation, or both full
+    conversations of a pair) that does not open with one. False when there is nothing to put (no system text, or
+    only text prompts, which cannot hold a message: then the column stays reported as unused)."""
+    if not (isinstance(system, str) and system.strip()):
+        return False
+    placed = False
+    for row in rows:
+        keys = [k for k in ("prompt", "messages") if isinstance(row.get(k), list)]
+        if not keys and "prompt" not in row:
+            keys = [k for k in ("chosen", "rejected") if isinstance(row.get(k), list)]
+        for key in keys:
+            row[key] = _with_system(system, row[key])
+            placed = True
+    return placed
 
 
 def _to_table(rows: list[dict[str, Any]], src: Source) -> pa.Table:

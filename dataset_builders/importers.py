@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from .errors import short
 from .readers import Source
+from .shapes import is_messages_type
 
 _ASSISTANT = "\n\nAssistant:"
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
@@ -171,14 +172,24 @@ def import_source(src: Source, shape: str, options: dict[str, Any]) -> tuple[Sou
 
 
 def extract_implicit_prompt(src: Source) -> Source:
-    """Conversational pairs with no `prompt` column (the prompt is the turns chosen and rejected share, as in
-    many Hub datasets): TRL's `maybe_extract_prompt` splits it off, row by row."""
+    """Pairs with no `prompt` column, whose prompt is the opening chosen and rejected share (TRL's implicit-prompt
+    format, conversational or text: many Hub datasets): TRL's `maybe_extract_prompt` splits it off, row by row.
+    Text pairs that share no opening at all are not this format: they stay as they are (validation then asks for the
+    prompt); a row of them that shares nothing gets an empty prompt, which validation names."""
     from trl.data_utils import maybe_extract_prompt
+
+    table = src.table
+    texts = pa.types.is_string(table.column("chosen").type) or pa.types.is_large_string(table.column("chosen").type)
+    if not texts and not is_messages_type(table.column("chosen").type):
+        return src
 
     def split(batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"prompt": [], "chosen": [], "rejected": []}
         for chosen, rejected in zip(batch["chosen"], batch["rejected"]):
-            if isinstance(chosen, list) and isinstance(rejected, list) and chosen and rejected:
+            same_kind = (isinstance(chosen, list) and isinstance(rejected, list)) or (
+                isinstance(chosen, str) and isinstance(rejected, str)
+            )
+            if same_kind and chosen and rejected and chosen != rejected:
                 row = maybe_extract_prompt({"chosen": chosen, "rejected": rejected})
             else:  # leave it to validation to name the bad field
                 row = {"prompt": None, "chosen": chosen, "rejected": rejected}
@@ -186,13 +197,14 @@ def extract_implicit_prompt(src: Source) -> Source:
                 out[key].append(row[key])
         return out
 
-    table = src.table
     rest = {name: table.column(name) for name in table.column_names if name not in ("chosen", "rejected")}
     pieces = []
     for start in range(0, table.num_rows, 10_000):
         batch = table.slice(start, 10_000).select(["chosen", "rejected"]).to_pydict()
         pieces.append(pa.table(split(batch)))
     out = pa.concat_tables(pieces, promote_options="permissive")
+    if texts and not any(out.column("prompt").to_pylist()):
+        return src  # no row shares an opening: answers without their prompt, not the implicit-prompt format
     for name, column in rest.items():
         out = out.append_column(name, column)
     return replace(src, table=out)
@@ -211,8 +223,6 @@ def split_shared_prompt(src: Source) -> Source:
     table = src.table
     if not {"prompt", "chosen", "rejected"} <= set(table.column_names):
         return src
-    from .shapes import is_messages_type
-
     if not (is_messages_type(table.column("chosen").type) and is_messages_type(table.column("rejected").type)):
         return src  # plain-text answers cannot repeat a conversation: no row to look at (the fast path stays columnar)
     from trl.data_utils import extract_prompt  # only here: importing TRL takes seconds

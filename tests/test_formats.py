@@ -47,6 +47,13 @@ CASES = [
                    assistant("Tomorrow's weather will be sunny")], "rejected_response": "I don't know"},
      "pairs", {"prompt": [system("You are a useful and harmless assistant"), user("Tell me tomorrow's weather")],
                "chosen": [assistant("Tomorrow's weather will be sunny")], "rejected": [assistant("I don't know")]}, []),
+    ("ms_swift_rejected_messages",
+     {"system": "Be brief.", "messages": [user("Tell me tomorrow's weather"), assistant("Sunny")],
+      "rejected_messages": [user("Tell me tomorrow's weather"), assistant("I don't know")]},
+     "pairs", {"prompt": [system("Be brief."), user("Tell me tomorrow's weather")],
+               "chosen": [assistant("Sunny")], "rejected": [assistant("I don't know")]}, []),
+    ("llamafactory_alpaca_kto_label", {"instruction": "2+2?", "input": "", "output": "5", "label": False},
+     "binary", {"prompt": [user("2+2?")], "response": [assistant("5")], "label": False}, []),
     ("ms_swift_query_pairs",
      {"system": "You are a useful assistant", "query": "Tell me tomorrow's weather", "response": "Sunny",
       "rejected_response": "I don't know", "history": [["Hi", "Hello"]]},
@@ -295,6 +302,8 @@ def random_row(name, rng):
         return {"input": {"messages": convo}, "preferred_output": [assistant(a)], "non_preferred_output": [assistant(b)]}, convo, a, b  # fmt: skip
     if name == "ms_swift_rlhf":
         return {"messages": [*convo, assistant(a)], "rejected_response": b}, convo, a, b
+    if name == "ms_swift_rejected_messages":
+        return {"messages": [*convo, assistant(a)], "rejected_messages": [*convo, assistant(b)]}, convo, a, b
     if name == "llamafactory_sharegpt_pairs":
         return {"conversations": sharegpt(convo), "chosen": {"from": "gpt", "value": a}, "rejected": {"from": "gpt", "value": b}}, convo, a, b  # fmt: skip
     if name == "axolotl_chat_template":
@@ -309,7 +318,7 @@ def random_row(name, rng):
     raise AssertionError(name)
 
 
-PAIR_FORMATS = ["openai_dpo", "ms_swift_rlhf", "llamafactory_sharegpt_pairs", "axolotl_chat_template",
+PAIR_FORMATS = ["openai_dpo", "ms_swift_rlhf", "ms_swift_rejected_messages", "llamafactory_sharegpt_pairs", "axolotl_chat_template",
                 "llamafactory_v1_pairs", "axolotl_intel"]  # fmt: skip
 
 
@@ -517,3 +526,113 @@ def test_fields_a_shape_does_not_read_are_reported_too(tmp_path):
     assert report.format is None and report.shape == "pairs"
     assert report.unused_fields == ["messages", "prompt_id", "score_chosen", "score_rejected"]
     assert dataset_builders.inspect(path)["unused_fields"] == report.unused_fields
+
+
+# ------------------------------------------------------------------ what the source projects do with their fields
+SYSTEM = "Answer in one word."
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"system": SYSTEM, "messages": [user("2+2?"), assistant("4")], "rejected_response": "5"},  # ms-swift RLHF
+        {"system": SYSTEM, "instruction": "2+2?", "chosen_response": "4", "rejected_response": "5"},  # chatml.argilla
+        {"system": SYSTEM, "messages": [user("2+2?"), assistant("4")], "rejected_messages": [user("2+2?"), assistant("5")]},
+        {"system": SYSTEM, "conversation": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}], "rejected_response": "5"},
+        {"system": SYSTEM, "conversation": [{"user": "2+2?", "bot": "4"}], "rejected_response": "5"},
+        # axolotl chatml.ultra with a system: a string prompt and full conversations
+        {"system": SYSTEM, "prompt": "2+2?", "chosen": [user("2+2?"), assistant("4")], "rejected": [user("2+2?"), assistant("5")]},
+        # TRL's implicit prompt (conversational), with a system column
+        {"system": SYSTEM, "chosen": [user("2+2?"), assistant("4")], "rejected": [user("2+2?"), assistant("5")]},
+    ],
+    ids=["ms_swift_rlhf", "axolotl_argilla", "ms_swift_rejected_messages", "ms_swift_conversation_from_value",
+         "ms_swift_conversation_user_bot", "chatml_ultra", "trl_implicit"],
+)  # fmt: skip
+def test_the_system_column_heads_the_prompt_once_in_every_layout(tmp_path, row):
+    for method in (None, "dpo"):
+        ds, report = dataset_builders.load_with_report(write_jsonl(tmp_path / "d.jsonl", [row]), method=method)
+        got = ds[0]
+        assert got["prompt"] == [system(SYSTEM), user("2+2?")]  # the user turn once, the system in front
+        assert (got["chosen"], got["rejected"]) == ([assistant("4")], [assistant("5")])
+        assert "system" not in report.unused_fields
+
+
+def test_trls_implicit_prompt_text_pairs_are_split_as_trl_splits_them(tmp_path):
+    from trl.data_utils import extract_prompt
+
+    row = {"chosen": "The sky is blue.", "rejected": "The sky is green."}
+    got = dataset_builders.load(write_jsonl(tmp_path / "d.jsonl", [row]), method="dpo")[0]
+    assert got == {**extract_prompt(row), "prompt": "The sky is"}
+    # answers that share no opening have no prompt to find: asked for
+    with pytest.raises(DataError, match="prompt.*missing"):
+        dataset_builders.load(
+            write_jsonl(tmp_path / "e.jsonl", [{"chosen": "Blue.", "rejected": "Green."}]), method="dpo"
+        )
+
+
+def test_tool_calls_are_kept_as_tool_calls(tmp_path):
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "SF"}'}}
+    row = {"input": {"messages": [user("Weather in SF?")]},
+           "preferred_output": [{"role": "assistant", "content": None, "tool_calls": [call]}],
+           "non_preferred_output": [assistant("No idea.")]}  # fmt: skip
+    got = dataset_builders.load(write_jsonl(tmp_path / "d.jsonl", [row]), method="dpo")[0]
+    assert got["chosen"][0]["tool_calls"] == [call] and got["chosen"][0]["content"] == ""
+    # LLaMA-Factory: a function_call turn is the assistant's call, an observation the tool's answer
+    turns = [{"from": "human", "value": "Weather in SF?"},
+             {"from": "function_call", "value": '{"name": "get_weather", "arguments": {"city": "SF"}}'},
+             {"from": "observation", "value": "12 C"}, {"from": "gpt", "value": "12 degrees."}]  # fmt: skip
+    ds, report = dataset_builders.load_with_report(
+        write_jsonl(tmp_path / "s.jsonl", [{"conversations": turns, "tools": "[]"}])
+    )
+    messages = ds[0]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]
+    assert messages[1]["tool_calls"] == [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "SF"}}}
+    ]
+    assert report.unused_fields == ["tools"]
+
+
+def test_llamafactory_preference_rows_must_end_on_a_user_turn(tmp_path):
+    row = {"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}],
+           "chosen": {"from": "gpt", "value": "yes"}, "rejected": {"from": "gpt", "value": "no"}}  # fmt: skip
+    with pytest.raises(DataError, match="line 1, field 'conversations': .*must end on a user"):
+        dataset_builders.load(write_jsonl(tmp_path / "d.jsonl", [row]))
+
+
+def test_a_true_false_column_under_another_name_is_named_in_the_kto_refusal(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "2+2?", "output": "4", "good": True}])
+    with pytest.raises(DataError, match="good hold true/false.*--columns label=good"):
+        dataset_builders.load(path, method="kto")
+    assert dataset_builders.load(path, method="kto", columns={"label": "good"})[0]["label"] is True
+
+
+def _oasst_reply(text, rank, **extra):
+    return {"role": "assistant", "text": text, "rank": rank, "replies": [], **extra}
+
+
+def test_openassistant_trees_and_messages_its_export_leaves_out_are_left_out_and_counted(tmp_path):
+    replies = [_oasst_reply("4", 0), _oasst_reply("deleted", 1, deleted=True), _oasst_reply("five", 2),
+               _oasst_reply("rejected in review", 3, review_result=False)]  # fmt: skip
+    trees = [
+        {"message_tree_id": "a", "tree_state": "ready_for_export", "prompt": {"role": "prompter", "text": "2+2?", "replies": replies}},
+        {"message_tree_id": "b", "tree_state": "aborted_low_grade", "prompt": {"role": "prompter", "text": "?", "replies": replies}},
+    ]  # fmt: skip
+    ds, report = dataset_builders.load_with_report(write_jsonl(tmp_path / "d.jsonl", trees), method="grpo")
+    assert ds.num_rows == 1 and [r[0]["content"] for r in ds[0]["responses"]] == ["4", "five"]
+    assert report.skipped == {
+        "OpenAssistant replies deleted or failing review (with the replies under them)": 2,
+        "OpenAssistant trees not ready_for_export": 1,
+    }
+    assert dataset_builders.inspect(tmp_path / "d.jsonl")["left_out"] == report.skipped
+
+
+def test_shp_keeps_every_pair_unless_asked_for_its_authors_score_ratio(tmp_path, capsys):
+    rows = [{"history": f"Q{i}", "human_ref_A": "a", "human_ref_B": "b", "labels": 1, "score_A": a, "score_B": b,
+             "score_ratio": max(a, b) / min(a, b)} for i, (a, b) in enumerate([(10, 2), (3, 2), (8, 4)])]  # fmt: skip
+    path = write_jsonl(tmp_path / "shp.jsonl", rows)
+    assert dataset_builders.load(path, method="dpo").num_rows == 3
+    ds, report = dataset_builders.load_with_report(path, method="dpo", min_score_ratio=2)
+    assert ds["prompt"] == ["Q0", "Q2"] and report.skipped == {"SHP pairs with score_ratio below min_score_ratio=2": 1}
+    assert "would keep 2 of 3 pairs" in dataset_builders.inspect(path)["notes"][0]
+    with pytest.raises(ValueError, match="min_score_ratio"):
+        dataset_builders.load(path, min_score_ratio=0.5)
