@@ -21,9 +21,9 @@ def make_parser():
 
 def main(argv=None):
     args, training_args, model_args = recipe.parse(make_parser(), argv, script=__file__)
+    train_ds, eval_ds = recipe.load_datasets(args, method="dpo", seed=training_args.seed)  # bad data fails here
     tokenizer = models.load_tokenizer(model_args, training_args)
     model = models.load_model(model_args, training_args)
-    train_ds, eval_ds = recipe.load_datasets(args, method="dpo", seed=training_args.seed)
     trainer = PrefixSharingDPOTrainer(
         model=model,
         ref_model=None,  # PEFT: base with adapters disabled; full fine-tuning: TRL loads a frozen copy
@@ -41,4 +41,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    recipe.run_script(main)

@@ -196,4 +196,6 @@ def _cuda() -> bool:
 
 
 if __name__ == "__main__":
-    main()
+    from trl_ext.recipe import run_script
+
+    run_script(main)

@@ -45,8 +45,8 @@ def main(argv=None):
     if training_args.mode == "online":
         trainer, train_ds, eval_ds = online_trainer(args, training_args, model_args, reward_args, tokenizer)
     else:
+        train_ds, eval_ds = recipe.load_datasets(args, method="grpo", seed=training_args.seed)  # bad data fails here
         model = models.load_model(model_args, training_args)
-        train_ds, eval_ds = recipe.load_datasets(args, method="grpo", seed=training_args.seed)
         trainer = RankedGRPOTrainer(
             model=model,
             args=training_args,
@@ -100,4 +100,4 @@ def online_trainer(args, training_args, model_args, reward_args, tokenizer):
 
 
 if __name__ == "__main__":
-    main()
+    recipe.run_script(main)

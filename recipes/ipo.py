@@ -25,12 +25,12 @@ def make_parser():
 
 def main(argv=None):
     args, training_args, model_args = recipe.parse(make_parser(), argv, script=__file__)
-    tokenizer = models.load_tokenizer(model_args, training_args)
-    model = models.load_model(model_args, training_args)
     # Declared lengths come with the data (dataset_builders' "ipo" columns); measured ones are counted by the
     # trainer, which then takes the same columns as DPO.
     data_method = "ipo" if training_args.length_source == "declared" else "dpo"
-    train_ds, eval_ds = recipe.load_datasets(args, method=data_method, seed=training_args.seed)
+    train_ds, eval_ds = recipe.load_datasets(args, method=data_method, seed=training_args.seed)  # bad data fails here
+    tokenizer = models.load_tokenizer(model_args, training_args)
+    model = models.load_model(model_args, training_args)
     trainer = LengthAwareIPOTrainer(
         model=model,
         ref_model=None,  # PEFT: base with adapters disabled; full fine-tuning: TRL loads a frozen copy
@@ -49,4 +49,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    recipe.run_script(main)

@@ -39,9 +39,9 @@ def make_parser():
 
 def main(argv=None):
     args, training_args, model_args, kto_args = recipe.parse(make_parser(), argv, script=__file__)
+    train_ds, eval_ds = recipe.load_datasets(args, method="kto", seed=training_args.seed)  # bad data fails here
     tokenizer = models.load_tokenizer(model_args, training_args)
     model = models.load_model(model_args, training_args)
-    train_ds, eval_ds = recipe.load_datasets(args, method="kto", seed=training_args.seed)
     if kto_args.class_weights == "auto":
         classes = dataset_builders.kto_class_weights(train_ds)
         training_args.desirable_weight = classes["desirable_weight"]
@@ -64,4 +64,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    recipe.run_script(main)

@@ -23,9 +23,9 @@ def make_parser():
 
 def main(argv=None):
     args, training_args, model_args = recipe.parse(make_parser(), argv, script=__file__)
+    train_ds, eval_ds = recipe.load_datasets(args, method="orpo", seed=training_args.seed)  # bad data fails here
     tokenizer = models.load_tokenizer(model_args, training_args)
     model = models.load_model(model_args, training_args)
-    train_ds, eval_ds = recipe.load_datasets(args, method="orpo", seed=training_args.seed)
     trainer = ORPOTrainer(
         model=model,
         args=training_args,
@@ -42,4 +42,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    recipe.run_script(main)

@@ -71,4 +71,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    recipe.run_script(main)

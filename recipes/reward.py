@@ -22,9 +22,9 @@ def make_parser():
 
 def main(argv=None):
     args, training_args, model_args = recipe.parse(make_parser(), argv, script=__file__)
+    train_ds, eval_ds = recipe.load_datasets(args, method="reward", seed=training_args.seed)  # bad data fails here
     tokenizer = models.load_tokenizer(model_args, training_args)
     model = models.load_model(model_args, training_args, head="seq-cls", num_labels=1, tokenizer=tokenizer)
-    train_ds, eval_ds = recipe.load_datasets(args, method="reward", seed=training_args.seed)
     trainer = RewardTrainer(
         model=model,
         args=training_args,
@@ -41,4 +41,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    recipe.run_script(main)

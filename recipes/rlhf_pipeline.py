@@ -102,4 +102,6 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from trl_ext.recipe import run_script
+
+    run_script(main, sys.argv[1:])

@@ -21,9 +21,9 @@ def make_parser():
 
 def main(argv=None):
     args, training_args, model_args = recipe.parse(make_parser(), argv, script=__file__)
+    train_ds, eval_ds = recipe.load_datasets(args, method="sft", seed=training_args.seed)  # bad data fails here
     tokenizer = models.load_tokenizer(model_args, training_args)
     model = models.load_model(model_args, training_args)
-    train_ds, eval_ds = recipe.load_datasets(args, method="sft", seed=training_args.seed)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -40,4 +40,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    recipe.run_script(main)

@@ -8,7 +8,7 @@ import venv
 from pathlib import Path
 
 import pytest
-from _recipe_utils import REPO_ROOT
+from _recipe_utils import REPO_ROOT, load_recipe
 
 from trl_ext import cli, recipe
 
@@ -44,9 +44,14 @@ def test_accelerate_config_launches_the_packaged_script(monkeypatch):
     monkeypatch.setattr(subprocess, "call", lambda command: calls.append(command) or 0)
     assert cli.main(["dpo", "--accelerate_config", "ddp", "--config", "dpo/tiny-cpu", "--max_steps", "2"]) == 0
     (command,) = calls
-    assert command[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
-    assert Path(command[4]).name == "ddp.yaml" and Path(command[5]) == cli.recipes_dir() / "dpo.py"
-    assert command[6:] == [
+    assert command[1:5] == [
+        "-m",
+        "accelerate.commands.launch",
+        "--quiet",
+        "--config_file",
+    ]  # our one line, no traceback
+    assert Path(command[5]).name == "ddp.yaml" and Path(command[6]) == cli.recipes_dir() / "dpo.py"
+    assert command[7:] == [
         "--config",
         str(cli.recipes_dir() / "configs" / "dpo" / "tiny-cpu.yaml"),
         "--max_steps",
@@ -103,3 +108,50 @@ def test_the_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
     where = subprocess.run([str(python), "-c", "import trl_ext.recipes as r; print(r.__file__)"], cwd=empty, env=env,
                            capture_output=True, text=True)  # fmt: skip
     assert str(env_dir) in where.stdout  # the installed package, not the checkout
+
+
+@pytest.mark.parametrize(
+    "script, flags, says",
+    [
+        ("dpo", ["--config", "dpo/tiny-cpu.yaml", "--dataset_path", "missing.jsonl"], "no such file"),
+        ("kto", ["--config", "kto/tiny-cpu.yaml", "--dataset_path", "empty.jsonl"], "no rows"),
+        ("ppo", ["--config", "ppo/tiny-cpu.yaml", "--reward_functions", "", "--reward_model_path", "no-such-rm"],
+         "reward model 'no-such-rm'"),
+    ],
+)  # fmt: skip
+def test_a_recipe_run_as_a_script_says_a_user_error_in_one_line(tmp_path, script, flags, says):
+    # as `trl-ext` does: the sentence, exit status 2, no traceback (it was 94-118 lines under accelerate launch)
+    (tmp_path / "empty.jsonl").write_text("")
+    flags = [str(REPO_ROOT / "recipes" / "configs" / f) if f.endswith(".yaml") else f for f in flags]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "recipes" / f"{script}.py"),
+        *flags,
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
+    done = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith(f"{script}: error:")]
+    assert done.returncode == 2 and len(errors) == 1 and says in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("script", ["sft", "reward", "dpo", "ipo", "kto", "orpo", "grpo", "ppo"])
+def test_the_data_is_checked_before_the_model_loads(tmp_path, monkeypatch, script):
+    from dataset_builders import DataError
+    from trl_ext import models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model loaded before the data was checked")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    monkeypatch.setattr(models, "load_reward_model", no_model, raising=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"unrelated": 1}\n')
+    config = REPO_ROOT / "recipes" / "configs" / script / "tiny-cpu.yaml"
+    with pytest.raises(DataError):
+        load_recipe(script).main(
+            ["--config", str(config), "--dataset_path", str(bad), "--output_dir", str(tmp_path / "o")]
+        )

@@ -138,7 +138,8 @@ def run_method(method: str, args: list[str]) -> int:
     if engine is None:
         return run_recipe(method, args)
     script = recipes_dir() / f"{method}.py"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+    # --quiet: a failed run shows the recipe's own one-line error, without accelerate's traceback around it
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--config_file",
                resolve_accelerate_config(engine), str(script), *args]  # fmt: skip
     print("+ " + " ".join(command), flush=True)
     return subprocess.call(command)
@@ -154,12 +155,10 @@ def list_configs() -> int:
 
 
 def _one_line_errors() -> tuple[type[BaseException], ...]:
-    """Errors a user causes (bad data, a missing file or package, a diverged run): one line, not a traceback."""
-    from dataset_builders.errors import DataError
-    from trl_ext.embedded import EmbeddedModelError
-    from trl_ext.recipe import NonFiniteLossError
+    """Errors a user causes: one line, not a traceback (the recipes' own list, and the command line's)."""
+    from trl_ext.recipe import user_errors
 
-    return (CLIError, DataError, EmbeddedModelError, NonFiniteLossError, FileNotFoundError)
+    return (CLIError, *user_errors())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

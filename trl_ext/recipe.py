@@ -384,6 +384,28 @@ class NonFiniteLossError(RuntimeError):
 _STOPPED = "Stopped; nothing was saved as final or pushed. Try a lower learning_rate or max_grad_norm, or bf16 instead of fp16."
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user causes and can fix (bad data, a missing file, model or package, a diverged run): shown as one
+    line, not a traceback, by `run_script` and by `trl-ext`."""
+    from dataset_builders.errors import DataError
+    from trl_ext.embedded import EmbeddedModelError
+
+    return (DataError, EmbeddedModelError, NonFiniteLossError, FileNotFoundError)
+
+
+def run_script(main: Any, argv: Sequence[str] | None = None) -> None:
+    """Run a recipe's `main` as a script (`python recipes/x.py`, `accelerate launch recipes/x.py`): a user error is
+    one line on stderr, printed by the main process only, and exit status 2, as `trl-ext` does; anything else (a bug)
+    keeps its traceback. (`accelerate launch` adds its own report of any failed child: `accelerate launch -q` leaves
+    only this line.)"""
+    try:
+        main(argv)
+    except user_errors() as error:
+        if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:
+            print(f"{Path(sys.argv[0]).stem}: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def check_finite(logs: dict[str, Any] | None, step: int) -> None:
     """Raise `NonFiniteLossError` if a loss or gradient norm in `logs` is NaN or inf."""
     for key in ("loss", "train_loss", "grad_norm", "eval_loss"):
