@@ -156,7 +156,7 @@ def _rename_columns(src: Source, columns: dict[str, str] | None) -> Source:
     clashing = [n for n in names if n in columns and n not in renamed]
     table = table.drop_columns(clashing) if clashing else table
     table = table.rename_columns([renamed.get(n, n) for n in table.column_names])
-    return replace(src, table=table)
+    return replace(src, table=table, renamed={**src.renamed, **columns})
 
 
 def _format_and_shape(src: Source, shape: str | None, options: dict[str, Any]) -> tuple[Format | None, str]:
@@ -549,6 +549,6 @@ def _methods(table: pa.Table, shape: str, options: dict[str, Any], name: str) ->
         except (Refusal, DataError, ValueError) as e:
             if isinstance(e, Refusal):
                 out[method] = "no: " + str(e).split(": ", 1)[-1]
-            else:  # e.g. ipo without declared lengths: the first clause says what is missing
-                out[method] = "needs an option: " + (e.reason if isinstance(e, DataError) else str(e)).split(";")[0]
+            else:  # e.g. ipo without declared lengths: what is missing, and the option that supplies it
+                out[method] = "needs an option: " + (e.reason if isinstance(e, DataError) else str(e))
     return out

@@ -20,17 +20,31 @@ class DataError(ValueError):
         DataError("pairs.jsonl: line 3, field 'chosen': empty")
     """
 
-    def __init__(self, source: str, reason: str, row: int | None = None, field: str | None = None, unit: str = "row"):
+    def __init__(
+        self,
+        source: str,
+        reason: str,
+        row: int | None = None,
+        field: str | None = None,
+        unit: str = "row",
+        read_as: str | None = None,
+    ):
         self.source, self.reason, self.row, self.field, self.unit = source, reason, row, field, unit
-        super().__init__(format_problem(source, reason, row, field, unit))
+        super().__init__(format_problem(source, reason, row, field, unit, read_as))
 
 
 def format_problem(
-    source: str, reason: str, row: int | None = None, field: str | None = None, unit: str = "row"
+    source: str,
+    reason: str,
+    row: int | None = None,
+    field: str | None = None,
+    unit: str = "row",
+    read_as: str | None = None,
 ) -> str:
+    """`read_as`: the field of ours that `field` (the source's own name, mapped with `columns=`) is read as."""
     where = [f"{unit} {row}"] if row is not None else []
     if field is not None:
-        where.append(f"field {field!r}")
+        where.append(f"field {field!r}" + (f" (read as {read_as!r})" if read_as else ""))
     prefix = f"{source}: " + (", ".join(where) + ": " if where else "")
     # One line, always: values quoted into the reason may carry newlines.
     return (prefix + reason).replace("\r", "\\r").replace("\n", "\\n")

@@ -75,6 +75,7 @@ class Source:
     offset: int = 0  # index of this piece's first row in the whole source
     rest: Iterator[pa.RecordBatch] | None = field(default=None, repr=False)
     _line_cache: dict = field(default_factory=dict, repr=False)  # shared by the pieces of one source
+    renamed: dict[str, str] = field(default_factory=dict)  # `columns=`: our field -> the source's, for errors
 
     def locate(self, index: int) -> int:
         index += self.offset
@@ -93,6 +94,8 @@ class Source:
                 row = self.locate(index)
             except IndexError:  # no such row (every row was dropped while reading): none to name
                 row = None
+        if field in self.renamed:  # name the user's own column, which is what they can find in their file
+            return DataError(self.name, reason, row=row, field=self.renamed[field], unit=self.unit, read_as=field)
         return DataError(self.name, reason, row=row, field=field, unit=self.unit)
 
     def pieces(self) -> Iterator[Source]:

@@ -90,8 +90,31 @@ def detect_columns(columns: list[str], first: dict | None, name: str) -> str:
     expected = "; ".join(f"{shape}: {', '.join(FIELDS[shape])}" for shape in SHAPES)
     raise DataError(
         name,
-        f"cannot tell the shape from the fields {sorted(cols)}; expected one of {expected} (or pass shape=...)",
+        f"cannot tell the shape from the fields {sorted(cols)}; expected one of {expected}. To read your fields as "
+        f"ours, pass --columns {suggest_columns(columns)} (load(columns=...), recipe dataset_columns), and "
+        "--shape (shape=) to name the shape",
     )
+
+
+# words in other projects' field names that say which of our pair fields they hold
+_FIELD_HINTS = {
+    "prompt": ("prompt", "question", "instruction", "query", "input", "context", "history"),
+    "chosen": ("chosen", "good", "better", "preferred", "accepted", "win", "positive"),
+    "rejected": ("rejected", "bad", "worse", "dispreferred", "lose", "loser", "negative"),
+}
+
+
+def suggest_columns(columns: list[str]) -> str:
+    """A `--columns` value for these fields: ours=yours for the pair fields whose names say which they are
+    (`question,good_answer,bad_answer` -> `prompt=question,chosen=good_answer,rejected=bad_answer`), else an example."""
+    picked: dict[str, str] = {}
+    for ours, words in _FIELD_HINTS.items():
+        match = next((c for c in columns if c not in picked.values() and any(w in c.lower() for w in words)), None)
+        if match is not None:
+            picked[ours] = match
+    if len(picked) == len(_FIELD_HINTS):
+        return ",".join(f"{ours}={yours}" for ours, yours in picked.items())
+    return "prompt=YOUR_PROMPT,chosen=YOUR_BETTER,rejected=YOUR_WORSE"
 
 
 def _looks_like_hh(value: object) -> bool:

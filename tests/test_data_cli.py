@@ -27,7 +27,7 @@ def test_inspect_text(ranked_file, capsys):
     assert "rows:     20 (20 valid)" in out
     assert "responses (count)" in out and "min 4  mean 4  max 4" in out
     assert "problems: 0" in out
-    assert "dpo     yes" in out and "ipo     needs an option" in out
+    assert "dpo     yes" in out and "ipo     needs an option" in out and "--count-lengths chars" in out  # named
 
 
 def test_inspect_json_reports_every_problem(tmp_path, capsys):
@@ -154,3 +154,23 @@ def test_python_dash_m_subprocess(ranked_file, tmp_path):
     assert failed.returncode == 1
     assert failed.stderr == f"{bad}: row 2, field 'chosen': missing\n"
     assert "Traceback" not in failed.stderr
+
+
+def test_unknown_field_names_get_the_columns_flag_that_reads_them(tmp_path, capsys):
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"question": "2+2?", "good_answer": "4", "bad_answer": "5"}) + "\n")
+    assert main(["inspect", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "--columns prompt=question,chosen=good_answer,rejected=bad_answer" in err and "--shape" in err
+    assert "shape=..." not in err  # the flag, not only the Python argument
+    assert main(["inspect", str(path), "--columns", "prompt=question,chosen=good_answer,rejected=bad_answer"]) == 0
+
+
+def test_a_mapped_field_is_named_as_the_file_names_it(tmp_path):
+    from dataset_builders import DataError
+
+    path = tmp_path / "qa.jsonl"
+    rows = [{"question": "2+2?", "good_answer": "4", "bad_answer": "5"}, {"question": "3+3?", "good_answer": "6"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"line 2, field 'bad_answer' \(read as 'rejected'\): missing"):
+        load(path, method="dpo", columns={"prompt": "question", "chosen": "good_answer", "rejected": "bad_answer"})
