@@ -72,7 +72,8 @@ def test_dataset_options_accept_json_on_the_command_line(tmp_path):
 @pytest.mark.parametrize(
     ("env", "launcher"),
     [({}, "python"), ({"WORLD_SIZE": "2"}, "torchrun --nproc_per_node 2"),
-     ({"WORLD_SIZE": "4", "ACCELERATE_MIXED_PRECISION": "no"}, "accelerate launch --num_processes 4")],
+     ({"WORLD_SIZE": "4", "ACCELERATE_MIXED_PRECISION": "no"}, "accelerate launch --num_processes 4"),
+     ({"ACCELERATE_MIXED_PRECISION": "no"}, "accelerate launch")],  # one process: still accelerate, not python
 )  # fmt: skip
 def test_format_command_names_the_launcher_and_redacts_tokens(env, launcher, monkeypatch):
     for key in [k for k in __import__("os").environ if k.startswith("ACCELERATE_") or k == "WORLD_SIZE"]:
@@ -238,6 +239,21 @@ def test_model_card_has_what_the_issue_asks_for(tmp_path):
         "- trl: 1.16", "- transformers: ", "- peft: ", "- torch: ",
     ]:  # fmt: skip
         assert text in card, text
+
+
+def test_the_card_says_what_training_ran_in_plain_values(tmp_path):
+    # 8 steps of 4 rows over 2196 rows: the card said "Rows: 2196 for training", num_train_epochs 3.0 and
+    # SchedulerType.CONSTANT
+    args, training_args, model_args = _parse(
+        "--dataset_path", "pairs.jsonl", "--max_steps", "8", "--lr_scheduler_type", "constant", tmp_path=tmp_path
+    )
+    card = recipe.model_card(
+        method="dpo", model_args=model_args, recipe_args=args, training_args=training_args,
+        row_counts={"train": 2196, "eval": None, "steps": 8, "epochs": 32 / 2196}, metrics={}, is_adapter=True,
+    )  # fmt: skip
+    assert "training ran 8 steps and saw about 32 of the training rows" in card
+    assert "| lr_scheduler_type | constant |" in card and "SchedulerType" not in card and "OptimizerNames" not in card
+    assert "| max_steps | 8 |" in card and "num_train_epochs" not in card
 
 
 def test_every_method_of_the_project_has_a_paper():

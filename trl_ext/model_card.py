@@ -50,6 +50,8 @@ class ModelCard:
     data_reports: list[dict[str, Any]] = field(default_factory=list)  # `dataset_builders.LoadReport.to_dict()`
     train_rows: int | None = None
     eval_rows: int | None = None
+    train_steps: int | None = None  # optimizer steps training ran
+    train_epochs: float | None = None  # passes over the training rows it made (the trainer's `state.epoch`)
     eval_source: str | None = None
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +117,12 @@ def render(card: ModelCard) -> str:
     rows = f"- Rows: {card.train_rows} for training" + (
         f", {card.eval_rows} for evaluation" if card.eval_rows is not None else ", no evaluation set"
     )
+    if card.train_steps is not None and card.train_epochs is not None and card.train_rows:
+        if card.train_epochs < 1:  # a max_steps run: say how much of the data it saw
+            seen = min(card.train_rows, round(card.train_epochs * card.train_rows))
+            rows += f"; training ran {card.train_steps} steps and saw about {seen} of the training rows"
+        else:
+            rows += f"; training ran {card.train_steps} steps, {card.train_epochs:.3g} passes over the training rows"
     lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in front.items()), "---", ""]
     lines += [
         f"# {card.name}",

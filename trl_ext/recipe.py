@@ -240,12 +240,10 @@ def format_command(argv: Sequence[str], script: str) -> str:
             elif arg.startswith(flag + "="):
                 argv[i] = flag + "=REDACTED"
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        launcher = (
-            f"accelerate launch --num_processes {world}"
-            if any(k.startswith("ACCELERATE_") for k in os.environ)
-            else f"torchrun --nproc_per_node {world}"
-        )
+    if any(k.startswith("ACCELERATE_") for k in os.environ):  # accelerate launch sets these, one process or many
+        launcher = "accelerate launch" + (f" --num_processes {world}" if world > 1 else "")
+    elif world > 1:
+        launcher = f"torchrun --nproc_per_node {world}"
     else:
         launcher = "python"
     with contextlib.suppress(ValueError):  # another drive on Windows
@@ -496,6 +494,8 @@ def finish(
         counts = {
             "train": len(train_dataset if train_dataset is not None else trainer.train_dataset),
             "eval": len(eval_dataset) if eval_dataset is not None else None,
+            "steps": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
         }
         if recipe_args.merge_adapter and is_adapter:
             folder = models.merge_adapter(output_dir, model_args, args, dtype=models.merge_dtype(model_args))
@@ -546,6 +546,13 @@ def push_to_hub(folder: str | Path, *, repo_id: str, private: bool | None = None
     return str(getattr(commit, "commit_url", commit))
 
 
+def _plain(value: Any) -> Any:
+    """A setting as the YAML writes it: `constant`, not `SchedulerType.CONSTANT`."""
+    import enum
+
+    return value.value if isinstance(value, enum.Enum) else value
+
+
 def model_card(
     *,
     method: str,
@@ -557,8 +564,17 @@ def model_card(
     is_adapter: bool,
     world_size: int = 1,
 ) -> str:
-    """The README.md written next to the weights (`trl_ext.model_card.render`), from a recipe's arguments."""
-    hyper = {k: getattr(training_args, k) for k in CARD_HYPERPARAMETERS if getattr(training_args, k, None) is not None}
+    """The README.md written next to the weights (`trl_ext.model_card.render`), from a recipe's arguments.
+    `row_counts` may hold `steps` and `epochs` (what training ran): the card then says how much of the data it saw."""
+    hyper = {
+        k: _plain(getattr(training_args, k))
+        for k in CARD_HYPERPARAMETERS
+        if getattr(training_args, k, None) is not None
+    }
+    if training_args.max_steps > 0:  # max_steps decides the length; num_train_epochs is then not what ran
+        hyper.pop("num_train_epochs", None)
+    else:
+        hyper.pop("max_steps", None)
     hyper["effective_batch_size"] = (
         training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world_size
     )
@@ -592,6 +608,8 @@ def model_card(
             data_reports=list(recipe_args.data_reports),
             train_rows=row_counts.get("train"),
             eval_rows=row_counts.get("eval"),
+            train_steps=row_counts.get("steps"),
+            train_epochs=row_counts.get("epochs"),
             eval_source=recipe_args.eval_dataset_path,
             hyperparameters=hyper,
             metrics=metrics,
