@@ -19,7 +19,9 @@ def test_every_packaged_config_is_listed_with_its_purpose(capsys):
     configs = sorted((REPO_ROOT / "recipes" / "configs").glob("*/*.yaml"))
     for path in configs:
         line = next(x for x in out.splitlines() if x.startswith(f"{path.parent.name}/{path.stem} "))
-        assert cli.config_purpose(path) in line and cli.config_purpose(path)
+        purpose = cli.config_purpose(path)
+        assert purpose in line and purpose.endswith((".", ")")), purpose  # a whole sentence, never cut mid-way
+        assert purpose.count("(") == purpose.count(")"), purpose
     assert "ddp" in out and "fsdp" in out
 
 

@@ -69,11 +69,23 @@ def accelerate_configs() -> dict[str, Path]:
 
 
 def config_purpose(path: Path) -> str:
-    """The config's one-line purpose: its first comment line after the command line."""
+    """The config's purpose: the first sentence of its opening comment (after the command line), whole even when it
+    runs over several comment lines."""
+    words: list[str] = []
     for line in path.read_text().splitlines()[1:]:
-        if line.startswith("#") and line.strip("# "):
-            return line.lstrip("# ").strip()
-    return ""
+        text = line.lstrip("# ").strip() if line.startswith("#") else ""
+        if not text or text.startswith("---"):
+            if words:
+                break
+            continue
+        words.append(text)
+    paragraph = " ".join(words)
+    depth = 0
+    for i, char in enumerate(paragraph):  # the first full stop outside parentheses ends the sentence
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "." and depth == 0 and (i + 1 == len(paragraph) or paragraph[i + 1] == " "):
+            return paragraph[: i + 1]
+    return paragraph
 
 
 def resolve_config(value: str, method: str) -> str:
