@@ -163,3 +163,21 @@ def test_suggested_batch_keeps_the_effective_batch_and_fits():
     assert bigger.fits
     double = predict(_config("sft/qlora-12gb"), overrides={"per_device_train_batch_size": 2 * s["per_device_train_batch_size"]}, gpu_memory_gib=12)  # fmt: skip
     assert not double.fits or 16 % (2 * s["per_device_train_batch_size"]) != 0
+
+
+def test_the_method_comes_from_the_config_not_its_folder(tmp_path, capsys):
+    # a copy of kto/qlora-12gb saved elsewhere predicted 4.72 GiB instead of 6.87 (the folder's name decided)
+    packaged = _config("kto/qlora-12gb")
+    for folder in ("mine", "dpo"):  # any folder, even another method's
+        copy = tmp_path / folder / "qlora-12gb.yaml"
+        copy.parent.mkdir()
+        copy.write_text(packaged.read_text())
+        assert predict(copy).method == "kto" and predict(copy).peak_bytes == predict(packaged).peak_bytes
+    headless = tmp_path / "settings.yaml"  # no command line naming its recipe: --method, or one line
+    headless.write_text("\n".join(packaged.read_text().splitlines()[1:]))
+    assert predict(headless, method="kto").peak_bytes == predict(packaged).peak_bytes
+    assert plan.main(["--config", str(headless)]) == 2
+    err = capsys.readouterr().err
+    assert "pass --method" in err and len(err.strip().splitlines()) == 1
+    assert plan.main(["--config", str(headless), "--method", "kto", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "kto"

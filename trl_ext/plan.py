@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,9 +93,29 @@ class Shapes:
         return 2 * h + 2 * (h + kv) + 2 * h + 3 * (h + i)
 
 
-def config_method(config_path: str | Path, settings: dict[str, Any]) -> str:
-    """`dpo`, ..., `grpo-online` (a GRPO config with `mode: online`): the config's folder and its settings' mode."""
-    method = Path(config_path).parent.name
+_RECIPE_SCRIPT = re.compile(r"recipes/(\w+)\.py\b")
+RECIPE_METHODS = ("sft", "reward", "dpo", "ipo", "kto", "orpo", "grpo", "ppo")  # the recipes the planner models
+
+
+def config_method(config_path: str | Path, settings: dict[str, Any], method: str | None = None) -> str:
+    """`dpo`, ..., `grpo-online` (a GRPO config with `mode: online`): from what the config says, never from where
+    the file lives: `method` when given (`trl-ext plan --method`), else the recipe its own command line names (every
+    recipe config opens with `# accelerate launch recipes/<method>.py --config ...`, and a copy keeps it). A config
+    that names no recipe is a one-line error asking for `--method`."""
+    if method is None:
+        lines = Path(config_path).read_text().splitlines()
+        head = lines[0] if lines else ""
+        found = _RECIPE_SCRIPT.search(head) if head.startswith("#") else None
+        if found is None:
+            raise ValueError(
+                f"{config_path}: its first line names no recipe (# ... recipes/<method>.py ...), so the method is "
+                f"unknown: pass --method ({', '.join(RECIPE_METHODS)})"
+            )
+        method = found.group(1)
+    if method not in RECIPE_METHODS:
+        raise ValueError(
+            f"{config_path}: method {method!r} is not one the planner models ({', '.join(RECIPE_METHODS)})"
+        )
     if method == "grpo" and settings.get("mode") == "online":
         return "grpo-online"
     return method
@@ -255,8 +276,10 @@ def predict(
     overrides: dict[str, Any] | None = None,
     gpu_memory_gib: float | None = None,
     group_size: int = 4,
+    method: str | None = None,
 ) -> Prediction:
-    """The predicted peak of `config` (a recipe YAML) at `model`'s shapes (default: the config's model)."""
+    """The predicted peak of `config` (a recipe YAML) at `model`'s shapes (default: the config's model); `method`
+    when the config does not name its recipe (`config_method`)."""
     import yaml
 
     from trl_ext.memory import model_shapes
@@ -264,7 +287,7 @@ def predict(
     path = Path(config)
     settings = dict(yaml.safe_load(path.read_text()) or {})
     settings.update(overrides or {})
-    method = config_method(path, settings)
+    method = config_method(path, settings, method)
     model_name = model or settings.get("model_name_or_path")
     if not model_name:
         raise ValueError(f"{path}: no model_name_or_path; pass --model")
@@ -447,6 +470,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", required=True, help="a recipe YAML (or a packaged name such as dpo/qlora-24gb)")
     parser.add_argument("--model", help="another model: a Hub name with known shapes, or a folder with config.json")
+    parser.add_argument(
+        "--method", choices=RECIPE_METHODS, help="the recipe the config is for (default: the one its first line names)"
+    )
     parser.add_argument("--gpu_memory", type=float, help="the card's memory in GiB (default: the visible GPU's)")
     parser.add_argument("--group_size", type=int, default=4, help="offline GRPO: responses per ranked group")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override config fields")
@@ -479,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides[key] = _parse_value(value)
         gpu = args.gpu_memory if args.gpu_memory is not None else visible_gpu_memory_gib()
         prediction = predict(config, model=args.model, overrides=overrides, gpu_memory_gib=gpu,
-                             group_size=args.group_size)  # fmt: skip
+                             group_size=args.group_size, method=args.method)  # fmt: skip
     except Exception as error:  # noqa: BLE001 - one line, exit 2, as every command of the CLI
         print(f"trl-ext plan: {error}", file=sys.stderr)
         return 2
