@@ -6,7 +6,7 @@
 
 The prediction has two parts:
 
-- **Exact sizes** from the model's shapes (`trl_ext.memory.model_shapes`: its `config.json` or the published Qwen2.5
+- **Exact sizes** from the model's shapes (`trl_ext.model_shapes.model_shapes`: its `config.json` or the published Qwen2.5
   shapes) and the config: 4-bit NF4 weights with their quantization statistics, the embeddings and norms (float32
   after k-bit preparation where the trainer keeps them so), LoRA, the optimizer state, a second 4-bit reward model
   for PPO and online GRPO, the KV cache of a rollout.
@@ -20,7 +20,7 @@ The prediction has two parts:
   lengths the fit never saw (`tests/test_plan.py`: within 10%).
 
 What a CUDA run adds on top of the tensor memory (context, allocator rounding, workspaces) is the fixed
-`trl_ext.memory.CUDA_OVERHEAD_BYTES`; `fits` compares tensors + that allowance with the card.
+`trl_ext.model_shapes.CUDA_OVERHEAD_BYTES`; `fits` compares tensors + that allowance with the card.
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ def predict(
     when the config does not name its recipe (`config_method`)."""
     import yaml
 
-    from trl_ext.memory import model_shapes
+    from trl_ext.model_shapes import model_shapes
 
     path = Path(config)
     settings = dict(yaml.safe_load(path.read_text()) or {})
@@ -297,7 +297,7 @@ def predict(
 
 def _prediction(config: str, model: str, shapes: Shapes, run: Run, gpu_memory_gib: float | None) -> Prediction:
     """The prediction's record: categories, peak, and with a card's memory the verdict and suggestions."""
-    from trl_ext.memory import CUDA_OVERHEAD_BYTES
+    from trl_ext.model_shapes import CUDA_OVERHEAD_BYTES
 
     categories = {key: int(value) for key, value in predict_bytes(shapes, run).items()}
     peak = sum(categories.values())
@@ -358,7 +358,7 @@ def fit(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """
     import numpy as np
 
-    from trl_ext.memory import model_shapes
+    from trl_ext.model_shapes import model_shapes
 
     coefficients: dict[str, dict[str, float]] = {}
     by_method: dict[str, list[dict[str, Any]]] = {}
@@ -526,8 +526,19 @@ def report(prediction: Prediction) -> str:
     if prediction.gpu_memory_bytes is not None:
         verdict = "fits" if prediction.fits else "does NOT fit"
         lines.append(f"  {verdict} a {prediction.gpu_memory_bytes / GIB:.1f} GiB card")
-        s = prediction.suggestions
-        lines.append("  largest that fits: " + ", ".join(f"{k} {'none' if v is None else v}" for k, v in s.items()))
+        s = dict(prediction.suggestions)
+        accumulation = s.pop("gradient_accumulation_steps", None)
+        batch = s.pop("per_device_train_batch_size", None)
+        ((length_field, longest),) = s.items()
+        # two separate limits, each with the other setting as configured: not one combination
+        lines.append(
+            "  largest batch that fits (at the configured length): per_device_train_batch_size "
+            + ("none" if batch is None else str(batch))
+            + (f" with gradient_accumulation_steps {accumulation}" if accumulation is not None else "")
+        )
+        lines.append(
+            f"  longest that fits (at the configured batch): {length_field} {'none' if longest is None else longest}"
+        )
     return "\n".join(lines)
 
 
