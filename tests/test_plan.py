@@ -194,3 +194,33 @@ def test_the_planner_answers_without_torch_and_says_its_two_limits_apart():
     assert done.returncode == 0, done.stderr[-1000:]
     assert "largest batch that fits (at the configured length): per_device_train_batch_size" in done.stdout
     assert "longest that fits (at the configured batch): max_length" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [("per_device_train_batch_size=0", "positive integer"), ("max_length=-5", "positive integer"),
+     ("gradient_checkpointing=false", "not modelled")],
+)  # fmt: skip
+def test_settings_it_cannot_model_are_refused_not_predicted(override, says, capsys):
+    # batch 0 silently became 8, max_length -5 gave negative activations, checkpointing off changed nothing
+    assert plan.main(["--config", "dpo/qlora-24gb", "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1
+
+
+def _qwen7b(**changes):
+    return {**model_shapes("Qwen/Qwen2.5-7B"), **changes}
+
+
+def test_shapes_it_does_not_model_are_refused_and_the_others_read_right():
+    with pytest.raises(ValueError, match="mixture-of-experts"):  # a Qwen3-30B-A3B shape was counted as dense
+        Shapes.of(_qwen7b(num_experts=128, moe_intermediate_size=768))
+    nested = Shapes.of({"model_type": "llava", "text_config": _qwen7b()})  # a vision-language config
+    assert nested == Shapes.of(_qwen7b())
+    # head_dim wider than hidden / heads (Gemma, Qwen3): q and o projections are heads x head_dim wide
+    wide = Shapes.of(_qwen7b(head_dim=256))
+    assert wide.q_width == 28 * 256 and wide.kv_width == 4 * 256
+    assert wide.linear_params_per_layer > Shapes.of(_qwen7b()).linear_params_per_layer
+    # no tie_word_embeddings: the family's default in transformers, not "untied"
+    untold = {k: v for k, v in _qwen7b(model_type="gemma").items() if k != "tie_word_embeddings"}
+    assert Shapes.of(untold).tied is True

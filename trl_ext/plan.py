@@ -62,9 +62,24 @@ class Shapes:
     vocab: int
     tied: bool
     qkv_bias: bool = True
+    head_dim: int = 0  # 0: hidden // heads
 
     @classmethod
     def of(cls, config: dict[str, Any]) -> Shapes:
+        """The shapes of a dense decoder (`config.json` fields; a vision-language config's `text_config`). Raises
+        ValueError for what the planner does not model (mixture-of-experts layers) or cannot read."""
+        if isinstance(config.get("text_config"), dict):
+            config = {**config, **config["text_config"]}
+        experts = {k: config[k] for k in _EXPERT_FIELDS if config.get(k)}
+        if experts:
+            raise ValueError(
+                f"mixture-of-experts shapes ({', '.join(f'{k}={v}' for k, v in experts.items())}) are not modelled: "
+                "the planner counts dense layers only"
+            )
+        missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                               "vocab_size") if config.get(k) is None]  # fmt: skip
+        if missing:
+            raise ValueError(f"the model's config has no {', '.join(missing)}: its shapes cannot be read")
         heads = int(config["num_attention_heads"])
         return cls(
             hidden=int(config["hidden_size"]),
@@ -73,26 +88,55 @@ class Shapes:
             heads=heads,
             kv_heads=int(config.get("num_key_value_heads") or heads),
             vocab=int(config["vocab_size"]),
-            tied=bool(config.get("tie_word_embeddings", False)),
+            tied=_tied(config),
             qkv_bias=config.get("model_type", "qwen2") == "qwen2" or bool(config.get("attention_bias", False)),
+            head_dim=int(config.get("head_dim") or 0),
         )
 
     @property
+    def head_width(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    @property
+    def q_width(self) -> int:
+        return self.heads * self.head_width  # hidden, unless head_dim says otherwise (Gemma, Qwen3)
+
+    @property
     def kv_width(self) -> int:
-        return self.kv_heads * (self.hidden // self.heads)
+        return self.kv_heads * self.head_width
 
     @property
     def linear_params_per_layer(self) -> int:
-        h, kv, i = self.hidden, self.kv_width, self.intermediate
-        return h * h + 2 * h * kv + h * h + 3 * h * i  # q, k, v, o, gate, up, down
+        h, q, kv, i = self.hidden, self.q_width, self.kv_width, self.intermediate
+        return h * q + 2 * h * kv + q * h + 3 * h * i  # q, k, v, o, gate, up, down
 
     @property
     def lora_width_per_layer(self) -> int:
         """Sum of (in + out) over the seven linear layers: LoRA holds r x this per layer."""
-        h, kv, i = self.hidden, self.kv_width, self.intermediate
-        return 2 * h + 2 * (h + kv) + 2 * h + 3 * (h + i)
+        h, q, kv, i = self.hidden, self.q_width, self.kv_width, self.intermediate
+        return (h + q) + 2 * (h + kv) + (q + h) + 3 * (h + i)
 
 
+_EXPERT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size")
+
+
+def _tied(config: dict[str, Any]) -> bool:
+    """`tie_word_embeddings`, or when the config leaves it out, its family's default in transformers (they differ)."""
+    if "tie_word_embeddings" in config:
+        return bool(config["tie_word_embeddings"])
+    model_type = config.get("model_type")
+    try:
+        from transformers import AutoConfig  # only here: the published shapes all say it
+
+        return bool(AutoConfig.for_model(model_type).tie_word_embeddings)
+    except (ImportError, ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"the model's config says no tie_word_embeddings and its model_type {model_type!r} gives no default"
+        ) from None
+
+
+_POSITIVE_FIELDS = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "max_prompt_length",
+                    "max_completion_length", "num_generations", "num_mini_batches")  # fmt: skip
 _RECIPE_SCRIPT = re.compile(r"recipes/(\w+)\.py\b")
 RECIPE_METHODS = ("sft", "reward", "dpo", "ipo", "kto", "orpo", "grpo", "ppo")  # the recipes the planner models
 
@@ -142,6 +186,18 @@ class Run:
 
     @classmethod
     def of(cls, method: str, settings: dict[str, Any], group_size: int = 4) -> Run:
+        """The run a config describes; unset fields take the trainers' defaults. Raises ValueError for a setting
+        that is not a positive count, and for `gradient_checkpointing: false`, which the planner does not model."""
+        for key in _POSITIVE_FIELDS:
+            value = settings.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{key}={value!r}: expected a positive integer")
+        checkpointing = settings.get("activation_checkpointing", settings.get("gradient_checkpointing"))
+        if checkpointing is False:
+            raise ValueError(
+                "gradient_checkpointing false is not modelled: the planner counts each layer's checkpointed input "
+                "only, and without checkpointing every layer keeps its activations (many times more)"
+            )
         optim = str(settings.get("optim") or "adamw_torch")
         return cls(
             method=method,
@@ -203,7 +259,7 @@ def static_bytes(
     coefficients = COEFFICIENTS if coefficients is None else coefficients
     h, layers = shapes.hidden, shapes.layers
     linear = shapes.linear_params_per_layer * layers
-    small = layers * (2 * h + (h + 2 * shapes.kv_width if shapes.qkv_bias else 0)) + h  # norms, q/k/v biases
+    small = layers * (2 * h + (shapes.q_width + 2 * shapes.kv_width if shapes.qkv_bias else 0)) + h  # norms, biases
     embeddings = shapes.vocab * h * (1 if shapes.tied or run.method == "reward" else 2)
     lora = run.lora_r * shapes.lora_width_per_layer * layers
     if run.method == "reward":
@@ -427,10 +483,11 @@ def trainer_prediction(trainer: Any, gpu_memory_gib: float) -> Prediction | None
     settings["lora_r"] = getattr(peft_config, "r", 0) if peft_config is not None else 0
     try:
         shapes = Shapes.of(config.to_dict())
-    except (KeyError, TypeError):
+        run = Run.of(method, settings)
+    except (KeyError, TypeError, ValueError):  # a model or a setting the planner does not model: no prediction
         return None
     model_name = str(getattr(config, "_name_or_path", ""))
-    return _prediction("(this run)", model_name, shapes, Run.of(method, settings), gpu_memory_gib)
+    return _prediction("(this run)", model_name, shapes, run, gpu_memory_gib)
 
 
 def warn_if_too_big(trainer: Any) -> Prediction | None:
