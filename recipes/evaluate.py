@@ -176,13 +176,19 @@ def main(argv=None):
         "reward_model": args.reward_model_name_or_path or "none",
         "arguments": asdict(args),
     }
-    files = eval_report.write_report(report, args.output_dir, plots=args.plots, extra=extra)
+    card_path = Path(args.model_name_or_path) / "README.md"
+    # "held-out" only when the run did not read this file (its card names its training data)
+    label = eval_report.pairs_label(args.dataset_path, card_path.read_text() if card_path.is_file() else None)
+    extra["pairs"] = label
+    files = eval_report.write_report(report, args.output_dir, plots=args.plots, extra=extra, pairs_label=label)
     logger.info("Wrote %s and %s", files["json"], files["markdown"])
-    print(eval_report.markdown_table(report["metrics"]))
+    print(eval_report.markdown_table(report["metrics"], pairs_label=label))
     if args.update_model_card:
         folder = Path(args.model_name_or_path)
         if folder.is_dir():
-            card = eval_report.update_model_card(folder / "README.md", report["metrics"], files["figures"])
+            card = eval_report.update_model_card(
+                folder / "README.md", report["metrics"], files["figures"], pairs_label=label
+            )
             logger.info("Model card updated: %s", card)
         else:
             logger.warning("update_model_card: %s is not a local folder; nothing updated", folder)

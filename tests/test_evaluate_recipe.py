@@ -61,7 +61,7 @@ def test_adapter_on_pairs_writes_metrics_plots_and_updates_the_card(adapter, tmp
     for key in ("preference_accuracy", "likelihood_accuracy", "kl_per_token", "length_mean", "reference_length_mean"):
         assert key in metrics, key
     assert metrics["kl_per_token"] != 0.0  # the adapter changes the model, and the reference is its base
-    assert {p.name for p in out.glob("*.png")} == {"reward_margin.png", "length.png"}
+    assert {p.name for p in out.glob("*.png")} == {"reward_margin.png", "likelihood_margin.png", "length.png"}
     assert "| preference_accuracy |" in (out / "metrics.md").read_text()
     card = (adapter / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: peft\n---\n\n# tiny adapter\n")
@@ -144,3 +144,26 @@ def test_adapter_on_a_4bit_nf4_base(adapter, tmp_path):
              "--load_in_4bit", "true", "--dtype", "float32", "--plots", "false", *FAST)  # fmt: skip
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())["metrics"]
     assert 0 <= metrics["preference_accuracy"] <= 1 and metrics["kl_per_token"] != 0.0
+
+
+def test_pairs_are_called_held_out_only_when_the_run_did_not_train_on_them(tmp_path):
+    from trl_ext import eval_report
+
+    trained = tmp_path / "train.jsonl"
+    trained.write_text("{}\n")
+    card = f"# run\n\n- Data: `{trained}` (shape `pairs`)\n"
+    assert eval_report.pairs_label(str(trained), card).startswith("pairs from the training file")
+    assert eval_report.pairs_label(str(tmp_path / "other.jsonl"), card) == "held-out pairs"
+    assert "not recorded" in eval_report.pairs_label(str(trained), None)
+    table = eval_report.markdown_table({"preference_accuracy": 0.5}, pairs_label="pairs from the training file")
+    assert "held-out" not in table and "pairs from the training file" in table
+
+
+def test_the_reward_margin_figure_shows_the_reward_margin_metric(tmp_path):
+    pytest.importorskip("matplotlib")
+    from trl_ext import eval_report
+
+    # it showed log-likelihood margins (mean 24) under the name of the metric reward_margin (0.12)
+    dists = {"margin_before": [24.0, 23.0], "margin_after": [24.2, 23.04], "implicit_reward_margin": [0.2, 0.04]}
+    figures = eval_report.plot_distributions(dists, tmp_path)
+    assert set(figures) == {"reward_margin", "likelihood_margin"}

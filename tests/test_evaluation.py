@@ -279,6 +279,7 @@ def _report():
         "distributions": {
             "margin_before": [0.0, 1.0, -1.0],
             "margin_after": [1.0, 2.0, 0.5],
+            "implicit_reward_margin": [1.0, 1.0, 1.5],
             "length_before": [3, 4, 5],
             "length_after": [4, 6, 8],
             "score_after": [0.2, 0.4],
@@ -298,7 +299,7 @@ def test_markdown_table_orders_known_metrics_first():
 
 def test_write_report_writes_json_markdown_and_pngs(tmp_path):
     files = eval_report.write_report(_report(), tmp_path / "eval", extra={"model": "m"})
-    assert set(files["figures"]) == {"reward_margin", "length", "score"}
+    assert set(files["figures"]) == {"reward_margin", "likelihood_margin", "length", "score"}
     for path in files["figures"].values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(files["json"].read_text())

@@ -3,8 +3,10 @@
 Plots use matplotlib's Agg backend (no display needed; `pip install trl-ext[plots]`). Each histogram overlays
 *before* (the reference: the base model, adapters off) and *after* (the trained policy):
 
-- ``reward_margin.png``: per held-out pair, the log-likelihood margin ``log pi(chosen) - log pi(rejected)`` of the
-  reference and of the policy (their difference is the implicit-reward margin);
+- ``reward_margin.png``: per evaluation pair, the implicit-reward margin (the policy's log-likelihood margin minus the
+  reference's), the distribution whose mean is the metric ``reward_margin``;
+- ``likelihood_margin.png``: per pair, the log-likelihood margin ``log pi(chosen) - log pi(rejected)`` of the reference
+  and of the policy, drawn as outlines so that neither hides the other;
 - ``length.png``: the length of generations of the reference and of the policy on the evaluation prompts;
 - ``score.png``: reward-model (or scoring-function) scores of those generations, when there is a scorer.
 
@@ -63,8 +65,15 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(metrics: Mapping[str, Any], descriptions: Mapping[str, str] = DESCRIPTIONS) -> str:
-    """A `| metric | value | meaning |` table: the described metrics first (in `DESCRIPTIONS` order), then the rest."""
+HELD_OUT = "held-out pairs"
+
+
+def markdown_table(
+    metrics: Mapping[str, Any], descriptions: Mapping[str, str] = DESCRIPTIONS, pairs_label: str = HELD_OUT
+) -> str:
+    """A `| metric | value | meaning |` table: the described metrics first (in `DESCRIPTIONS` order), then the rest.
+    `pairs_label` says what the evaluation pairs are ("held-out pairs" only when the run did not train on them)."""
+    descriptions = {k: v.replace(HELD_OUT, pairs_label) for k, v in descriptions.items()}
     known = [k for k in descriptions if k in metrics]
     rest = sorted(k for k in metrics if k not in descriptions)
     lines = ["| metric | value | meaning |", "|---|---|---|"]
@@ -88,10 +97,12 @@ def _histogram(path: Path, series: Mapping[str, Sequence[float]], title: str, xl
         if lo == hi:
             lo, hi = lo - 0.5, hi + 0.5
         bins = [lo + (hi - lo) * i / 30 for i in range(31)]
-        for (label, xs), color in zip(series.items(), ("#9e9e9e", "#1f77b4", "#d62728")):
+        for k, ((label, xs), color) in enumerate(zip(series.items(), ("#9e9e9e", "#1f77b4", "#d62728"))):
             xs = [x for x in xs if math.isfinite(x)]
             mean = sum(xs) / len(xs) if xs else float("nan")
-            ax.hist(xs, bins=bins, alpha=0.55, label=f"{label} (mean {mean:.3g})", color=color)
+            # the first filled, the others as outlines on top: two close distributions stay both visible
+            style = {"alpha": 0.45} if k == 0 else {"histtype": "step", "linewidth": 1.8}
+            ax.hist(xs, bins=bins, label=f"{label} (mean {mean:.3g})", color=color, **style)
             ax.axvline(mean, color=color, linestyle="--", linewidth=1)
         ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
@@ -103,19 +114,29 @@ def _histogram(path: Path, series: Mapping[str, Sequence[float]], title: str, xl
     return path
 
 
-def plot_distributions(distributions: Mapping[str, Sequence[float]], out_dir: str | Path) -> dict[str, Path]:
+def plot_distributions(
+    distributions: Mapping[str, Sequence[float]], out_dir: str | Path, pairs_label: str = HELD_OUT
+) -> dict[str, Path]:
     """Before/after histograms for the distributions `evaluation.evaluate_policy` returns. Returns name -> PNG path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     d = distributions
     figures: dict[str, Path] = {}
+    pairs = pairs_label[0].upper() + pairs_label[1:]
+    if "implicit_reward_margin" in d:  # the metric reward_margin is its mean
+        figures["reward_margin"] = _histogram(
+            out_dir / "reward_margin.png",
+            {"policy vs reference": d["implicit_reward_margin"]},
+            f"{pairs}: implicit-reward margin, chosen - rejected",
+            "log pi/pi_ref(chosen) - log pi/pi_ref(rejected)  (nats)",
+        )
     if "margin_after" in d:
         series = {"before (reference)": d["margin_before"]} if "margin_before" in d else {}
         series["after (policy)"] = d["margin_after"]
-        figures["reward_margin"] = _histogram(
-            out_dir / "reward_margin.png",
+        figures["likelihood_margin"] = _histogram(
+            out_dir / "likelihood_margin.png",
             series,
-            "Held-out pairs: log-likelihood margin, chosen - rejected",
+            f"{pairs}: log-likelihood margin, chosen - rejected",
             "log pi(chosen) - log pi(rejected)  (nats)",
         )
     if "length_after" in d:
@@ -130,7 +151,12 @@ def plot_distributions(distributions: Mapping[str, Sequence[float]], out_dir: st
 
 
 def write_report(
-    report: Mapping[str, Any], out_dir: str | Path, *, plots: bool = True, extra: Mapping[str, Any] | None = None
+    report: Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    plots: bool = True,
+    extra: Mapping[str, Any] | None = None,
+    pairs_label: str = HELD_OUT,
 ) -> dict[str, Any]:
     """Write ``metrics.json`` (metrics, distributions, samples and `extra`), ``metrics.md`` and the PNG histograms.
 
@@ -139,7 +165,7 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = dict(report.get("metrics", {}))
-    figures = plot_distributions(report.get("distributions", {}), out_dir) if plots else {}
+    figures = plot_distributions(report.get("distributions", {}), out_dir, pairs_label) if plots else {}
     payload = {**(extra or {}), **{k: v for k, v in report.items()}}
     json_path = out_dir / "metrics.json"
     json_path.write_text(json.dumps(payload, indent=2, default=str, allow_nan=True) + "\n")
@@ -147,7 +173,7 @@ def write_report(
     for key, value in (extra or {}).items():
         if isinstance(value, (str, int, float)):
             md.append(f"- {key}: `{value}`")
-    md += ["", markdown_table(metrics), ""]
+    md += ["", markdown_table(metrics, pairs_label=pairs_label), ""]
     for name, path in figures.items():
         md += [f"![{name}]({path.name})", ""]
     samples = report.get("samples") or []
@@ -175,9 +201,31 @@ def update_model_card(
     *,
     copy_figures: bool = True,
     title: str = "Evaluation",
+    pairs_label: str = HELD_OUT,
 ) -> Path:
     """Put the metrics table and figures into the model card at `card_path` (`trl_ext.model_card.add_evaluation`:
     appended once, replaced on later runs; figures copied next to the card)."""
     from trl_ext.model_card import add_evaluation
 
-    return add_evaluation(card_path, markdown_table(metrics), figures, copy_figures=copy_figures, title=title)
+    table = markdown_table(metrics, pairs_label=pairs_label)
+    return add_evaluation(card_path, table, figures, copy_figures=copy_figures, title=title)
+
+
+def pairs_label(eval_source: str, card_text: str | None) -> str:
+    """What to call the evaluation pairs: "held-out pairs" only when the model's card names another training
+    source; pairs from the file the run trained on may include rows it trained on, and an unknown source says so."""
+    import re
+
+    trained = re.search(r"^- Data: `([^`]+)`", card_text or "", re.MULTILINE)
+    if trained is None:
+        return "evaluation pairs (whether the run trained on them is not recorded)"
+    if _same_source(trained.group(1), eval_source):
+        return "pairs from the training file (may include rows trained on)"
+    return HELD_OUT
+
+
+def _same_source(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b or pa.name == pb.name
