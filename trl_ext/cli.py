@@ -20,7 +20,16 @@ import importlib.util
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+
+from trl_ext.packaged import (  # noqa: F401 (the CLI's names for them)
+    CLIError,
+    accelerate_configs,
+    config_purpose,
+    packaged_configs,
+    recipes_dir,
+    resolve_accelerate_config,
+    resolve_config,
+)
 
 METHODS = ("sft", "reward", "ppo", "dpo", "ipo", "kto", "orpo", "grpo")
 OTHER_COMMANDS = {
@@ -44,70 +53,6 @@ Train (each takes its recipe's flags; trl-ext <method> --help lists them):
 Other commands:
 {chr(10).join(f"  trl-ext {name:<11} {text}" for name, text in OTHER_COMMANDS.items())}
 """
-
-
-class CLIError(Exception):
-    """A mistake on the command line: printed as one line, exit status 2."""
-
-
-def recipes_dir() -> Path:
-    """The recipes folder: `trl_ext/recipes` in an installed wheel, `recipes/` in a clone (editable install)."""
-    spec = importlib.util.find_spec("trl_ext.recipes")
-    if spec is not None and spec.submodule_search_locations:
-        return Path(next(iter(spec.submodule_search_locations)))
-    return Path(__file__).resolve().parents[1] / "recipes"
-
-
-def packaged_configs() -> dict[str, Path]:
-    """``{"dpo/tiny-cpu": path, ...}`` for every packaged recipe config."""
-    root = recipes_dir() / "configs"
-    return {f"{p.parent.name}/{p.stem}": p for p in sorted(root.glob("*/*.yaml"))}
-
-
-def accelerate_configs() -> dict[str, Path]:
-    return {p.stem: p for p in sorted((recipes_dir() / "accelerate_configs").glob("*.yaml"))}
-
-
-def config_purpose(path: Path) -> str:
-    """The config's purpose: the first sentence of its opening comment (after the command line), whole even when it
-    runs over several comment lines."""
-    words: list[str] = []
-    for line in path.read_text().splitlines()[1:]:
-        text = line.lstrip("# ").strip() if line.startswith("#") else ""
-        if not text or text.startswith("---"):
-            if words:
-                break
-            continue
-        words.append(text)
-    paragraph = " ".join(words)
-    depth = 0
-    for i, char in enumerate(paragraph):  # the first full stop outside parentheses ends the sentence
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if char == "." and depth == 0 and (i + 1 == len(paragraph) or paragraph[i + 1] == " "):
-            return paragraph[: i + 1]
-    return paragraph
-
-
-def resolve_config(value: str, method: str) -> str:
-    """A YAML path as given, else a packaged config (``dpo/tiny-cpu``, ``tiny-cpu`` for this method, ``.yaml`` optional)."""
-    if Path(value).is_file():
-        return value
-    configs = packaged_configs()
-    name = value.removesuffix(".yaml")
-    for candidate in (name, f"{method}/{name}"):
-        if candidate in configs:
-            return str(configs[candidate])
-    mine = [n for n in configs if n.startswith(f"{method}/")]
-    raise CLIError(f"--config {value}: no such file, nor a packaged config (for {method}: {', '.join(mine)})")
-
-
-def resolve_accelerate_config(value: str) -> str:
-    if Path(value).is_file():
-        return value
-    known = accelerate_configs()
-    if value.removesuffix(".yaml") in known:
-        return str(known[value.removesuffix(".yaml")])
-    raise CLIError(f"--accelerate_config {value}: no such file, nor one of {', '.join(known)}")
 
 
 def _take_option(args: list[str], name: str) -> tuple[str | None, list[str]]:

@@ -352,7 +352,7 @@ def _recipe_main(method: str):
     """The recipe script's `main` (from the clone's `recipes/` or the wheel's `trl_ext/recipes`)."""
     import importlib.util
 
-    from trl_ext.cli import recipes_dir
+    from trl_ext.packaged import recipes_dir
 
     script = recipes_dir() / f"{method.removesuffix('-online')}.py"
     spec = importlib.util.spec_from_file_location(f"_trl_ext_recipe_{script.stem}", script)

@@ -551,7 +551,7 @@ def visible_gpu_memory_gib() -> float | None:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        from trl_ext.cli import resolve_config
+        from trl_ext.packaged import resolve_config
 
         config = resolve_config(args.config, "")
         overrides = {}

@@ -275,7 +275,7 @@ def packaged_data(path: str) -> str:
     installed wheel, outside a clone), the file the wheel ships in `trl_ext.recipes`."""
     if os.path.exists(path) or not path.replace(os.sep, "/").startswith("recipes/"):
         return path
-    from trl_ext.cli import recipes_dir
+    from trl_ext.packaged import recipes_dir
 
     shipped = recipes_dir() / path.replace(os.sep, "/").removeprefix("recipes/")
     return str(shipped) if shipped.exists() else path
