@@ -38,7 +38,6 @@ own process's (it includes the Python/torch runtime, the same for all; the runti
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -206,19 +205,10 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ recipes
 def load_recipe(name: str):
-    """Import `recipes/<name>.py` as module `recipes_<name>` (the recipes folder is scripts, not a package)."""
-    module_name = f"recipes_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception:
-        del sys.modules[module_name]
-        raise
-    return module
+    """Import `recipes/<name>.py` as module `recipes_<name>` (`trl_ext.packaged.load_recipe`)."""
+    from trl_ext.packaged import load_recipe as load
+
+    return load(name)
 
 
 def recipe_status(method: Method) -> str | None:

@@ -36,7 +36,6 @@ initialized 0.5M-parameter model would not learn to write words in a CPU minute.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shlex
 import sys
 from pathlib import Path
@@ -52,10 +51,9 @@ TINY_STAGE_FLAGS = {
 
 
 def load_recipe(stage: str):
-    spec = importlib.util.spec_from_file_location(f"recipes_{stage}", HERE / f"{stage}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from trl_ext.packaged import load_recipe as load
+
+    return load(stage)
 
 
 def stage_model(folder: Path) -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import torch
@@ -19,14 +17,10 @@ SHAPE = {"sft": "sft", "reward": "pairwise_ab", "dpo": "pairs", "kto": "binary",
 
 
 def load_recipe(method: str):
-    """Import `recipes/<method>.py` (not a package) as module `recipes_<method>`."""
-    name = f"recipes_{method}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, RECIPES / f"{method}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """Import `recipes/<method>.py` (not a package) as module `recipes_<method>` (`trl_ext.packaged.load_recipe`)."""
+    from trl_ext.packaged import load_recipe as load
+
+    return load(method)
 
 
 def write_data(method: str, folder: Path, n: int, split: str = "train", seed: int = 0, **task) -> Path:

@@ -350,15 +350,9 @@ def synthetic_rows(method: str, settings: dict[str, Any], rows: int = 64) -> lis
 # ------------------------------------------------------------------------------------------------- measuring a recipe
 def _recipe_main(method: str):
     """The recipe script's `main` (from the clone's `recipes/` or the wheel's `trl_ext/recipes`)."""
-    import importlib.util
+    from trl_ext.packaged import load_recipe
 
-    from trl_ext.packaged import recipes_dir
-
-    script = recipes_dir() / f"{method.removesuffix('-online')}.py"
-    spec = importlib.util.spec_from_file_location(f"_trl_ext_recipe_{script.stem}", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_recipe(method.removesuffix("-online")).main
 
 
 @contextlib.contextmanager

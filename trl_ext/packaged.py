@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 
 class CLIError(Exception):
@@ -69,3 +71,20 @@ def resolve_accelerate_config(value: str) -> str:
     if value.removesuffix(".yaml") in known:
         return str(known[value.removesuffix(".yaml")])
     raise CLIError(f"--accelerate_config {value}: no such file, nor one of {', '.join(known)}")
+
+
+def load_recipe(name: str) -> ModuleType:
+    """The recipe script `recipes/<name>.py` (scripts, not a package) imported once as module `recipes_<name>`: the
+    one way the pipeline, the benchmarks, the measurer and the tests load a recipe."""
+    module_name = f"recipes_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, recipes_dir() / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
