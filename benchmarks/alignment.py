@@ -52,13 +52,9 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("WANDB_DISABLED", "true")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+from trl_ext.embedded import offline_environment  # stdlib only: before transformers is imported
+
+offline_environment(WANDB_DISABLED="true", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:

@@ -20,10 +20,9 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TQDM_DISABLE", "1")
+from trl_ext.embedded import offline_environment  # stdlib only: before transformers is imported
+
+offline_environment()
 
 TARGET = 1.05
 

@@ -3,11 +3,9 @@
 import os
 
 # Must be set before transformers/datasets/trl are imported by any test module.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TQDM_DISABLE", "1")
+from trl_ext.embedded import offline_environment  # stdlib only: before transformers is imported
+
+offline_environment()
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
