@@ -352,7 +352,8 @@ def _load(
     if method == "kto":
         # the table, when it already holds the labels: `with_format` deep-copies the dataset (0.2 s per 1M rows)
         report.kto = kto_class_weights(table if "label" in table.column_names else dataset)
-        logger.info("%s: KTO classes %s", src.name, report.kto)
+        # in the report; logged at debug level only: a recipe weighs (and logs) the rows it trains on, after its split
+        logger.debug("%s: KTO classes %s", src.name, report.kto)
     report.rows_out = dataset.num_rows
     return dataset, report
 

@@ -46,7 +46,7 @@ def main(argv=None):
         classes = dataset_builders.kto_class_weights(train_ds)
         training_args.desirable_weight = classes["desirable_weight"]
         training_args.undesirable_weight = classes["undesirable_weight"]
-        logger.info("KTO classes and weights: %s", classes)
+        logger.info("KTO classes and weights of the %d training rows: %s", len(train_ds), classes)
     trainer = KTOTrainer(
         model=model,
         ref_model=None,  # PEFT: base with adapters disabled; full fine-tuning: TRL loads a frozen copy

@@ -5,6 +5,7 @@ Also "does it learn" (held-out implicit-reward accuracy on the ToyTask test spli
 """
 
 import json
+import logging
 import math
 import os
 import re
@@ -274,3 +275,11 @@ def test_dpo_two_process_cpu_run_through_accelerate_launch_trains_and_saves_once
     assert "accelerate launch --num_processes 2 recipes/dpo.py" in card
     # 4 steps x 8 rows x 2 processes = 64 rows = one epoch: both processes trained on their own half
     assert "| epoch | 1 |" in card
+
+
+def test_kto_class_weights_are_logged_once_for_the_rows_trained_on(tmp_path, caplog):
+    # the loader logged them for the whole file and the recipe again for its training split: two different numbers
+    with caplog.at_level(logging.DEBUG):
+        run("kto", tmp_path, "--max_steps", "1", "--eval_fraction", "0.25")
+    lines = [r.getMessage() for r in caplog.records if "KTO classes" in r.getMessage() and r.levelno >= logging.INFO]
+    assert len(lines) == 1 and "of the 30 training rows" in lines[0], lines
