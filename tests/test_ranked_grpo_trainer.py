@@ -59,6 +59,10 @@ def test_offline_config_skips_the_generation_checks_and_online_config_keeps_them
         (dict(ratio_against="policy"), "ratio_against"),
         (dict(scale_rewards="rank"), "scale_rewards"),
         (dict(num_iterations=0), "num_iterations"),
+        # the offline losses' checks live in the config (every reader of it refuses), not only in the trainer
+        (dict(loss_type="cispo"), "loss_type"),
+        (dict(loss_type="plackett_luce", beta=0.0), "beta > 0"),
+        (dict(loss_type="dr_grpo", max_completion_length=None), "max_completion_length"),
     ],
 )
 def test_config_refuses_bad_values(tmp_path, kw, match):
@@ -70,7 +74,6 @@ def test_config_refuses_bad_values(tmp_path, kw, match):
     "kw, match",
     [
         (dict(loss_type="cispo"), "loss_type"),
-        (dict(loss_type="plackett_luce", beta=0.0), "beta > 0"),
         (dict(rank_reward="stars"), "rank_reward"),
     ],
 )

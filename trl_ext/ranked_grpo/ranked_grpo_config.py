@@ -147,6 +147,14 @@ class RankedGRPOConfig(GRPOConfig):
             # Offline: skip GRPOConfig's generation-batch checks (they need num_generations), keep the rest.
             # Relies on GRPOConfig's parent running the TrainingArguments/TRL checks (TRL 1.16; tested).
             super(GRPOConfig, self).__post_init__()
+            # The offline losses' own checks, here (not in the trainer) so that every reader of a config (the
+            # planner, a recipe before it loads a model) refuses what the trainer would
+            if self.loss_type not in OFFLINE_LOSS_TYPES:
+                raise ValueError(f"loss_type must be one of {OFFLINE_LOSS_TYPES} offline, got {self.loss_type!r}")
+            if self.loss_type == "plackett_luce" and self.beta <= 0:
+                raise ValueError("loss_type='plackett_luce' uses beta as DPO's temperature: set beta > 0 (e.g. 0.1)")
+            if self.loss_type == "dr_grpo" and not self.max_completion_length:
+                raise ValueError("loss_type='dr_grpo' needs max_completion_length (its constant normalizer)")
             self.scale_rewards = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)
             if isinstance(self.pad_to_multiple_of, str):
                 value = self.pad_to_multiple_of.lower()
@@ -159,4 +167,4 @@ class RankedGRPOConfig(GRPOConfig):
             raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
         if not self.rank_reward:
             raise ValueError(f"rank_reward must be one of {RANK_REWARDS} or a score column name")
-        # loss_type is checked by the offline trainer: online, trl.GRPOTrainer accepts its own longer list.
+        # Online, loss_type is trl.GRPOTrainer's (its own longer list, checked by GRPOConfig above).

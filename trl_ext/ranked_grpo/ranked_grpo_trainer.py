@@ -33,7 +33,7 @@ from trl_ext.trainer_utils import (
 )
 
 from .groups import TOKENIZED_COLUMNS, DataCollatorForRankedGroups, group_implicit_rewards, tokenize_ranked_row
-from .ranked_grpo_config import OFFLINE_LOSS_TYPES, RankedGRPOConfig
+from .ranked_grpo_config import RankedGRPOConfig
 from .ranked_grpo_loss import (
     RANK_REWARDS,
     aggregate_token_loss,
@@ -124,12 +124,8 @@ class RankedGRPOTrainer(MetricsMixin, Trainer):
             args = RankedGRPOConfig(f"{str(name).split('/')[-1]}-RankedGRPO")
         if not isinstance(args, RankedGRPOConfig):
             raise TypeError(f"args must be a RankedGRPOConfig, got {type(args).__name__}")
-        if args.loss_type not in OFFLINE_LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {OFFLINE_LOSS_TYPES} offline, got {args.loss_type!r}")
-        if args.loss_type == "plackett_luce" and args.beta <= 0:
-            raise ValueError("loss_type='plackett_luce' uses beta as DPO's temperature: set beta > 0 (e.g. 0.1)")
-        if args.loss_type == "dr_grpo" and not args.max_completion_length:
-            raise ValueError("loss_type='dr_grpo' needs max_completion_length (its constant normalizer)")
+        if args.mode != "offline":
+            raise ValueError("RankedGRPOTrainer trains offline; mode online runs trl.GRPOTrainer (recipes/grpo.py)")
         if train_dataset is None:
             raise ValueError("train_dataset is required")
 
