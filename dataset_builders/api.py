@@ -15,7 +15,8 @@ from datasets.fingerprint import generate_random_fingerprint
 
 from .convert import METHODS, PAIR_STRATEGIES, Refusal, convert, harmonize, keeps_constraints
 from .errors import DataError
-from .formats import BY_NAME, Format, apply_format, describe, detect_format
+from .formats import BY_NAME, Format, _score_ratio, apply_format, describe, detect_format
+from .importers import extract_implicit_prompt, import_source, split_shared_prompt, system_into_prompt
 from .readers import Source, StreamFailed, read
 from .shapes import (
     ALL_SHAPES,
@@ -113,8 +114,6 @@ def _tag_hint(src: Source, unused: set[str]) -> str:
 
 def shp_ratio_note(table: pa.Table, ratio: float = 2.0) -> str:
     """How many SHP pairs the filter its authors recommend keeps (they trained on pairs with a 2+ score ratio)."""
-    from .formats import _score_ratio
-
     ratios = [_score_ratio(row) for row in table.select([c for c in ("score_ratio", "score_A", "score_B") if c in table.column_names]).to_pylist()]  # fmt: skip
     kept = sum(r is not None and r >= ratio for r in ratios)
     return (f"min_score_ratio={ratio:g} (SHP's authors train on pairs with a 2+ score ratio) would keep {kept} of "
@@ -187,8 +186,6 @@ def _implicit_prompt(src: Source, shape: str) -> Source:
     beside conversations that repeat it is split off them first (the shared turns), and a prompt shared by chosen
     and rejected is taken off them (TRL's implicit prompt, conversational or text), so that the system message goes
     in front of the prompt the pair really has, not in front of a copy of its user turn."""
-    from .importers import extract_implicit_prompt, split_shared_prompt, system_into_prompt
-
     if shape in PAIR_SHAPES:
         src = split_shared_prompt(src)
         columns = src.table.column_names
@@ -292,8 +289,6 @@ def _load(
         else:
             unused |= _unused_columns(piece.table, shape)
             if shape in IMPORT_FORMATS:
-                from .importers import import_source
-
                 piece, piece_shape = import_source(piece, shape, options)
         if fmt is None:
             _hint_format(piece, piece_shape)
@@ -455,8 +450,6 @@ def inspect(source: Any, shape: str | None = None, **options: Any) -> dict[str, 
     else:
         info["unused_fields"] = sorted(_unused_columns(src.table, shape))
         if shape in ("hh_rlhf", "ultrafeedback"):
-            from .importers import import_source
-
             src, info["imported_as"] = import_source(src, shape, options)
     src = _implicit_prompt(src, info.get("imported_as", shape))
     checked = validate(

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from .errors import short
 from .readers import Source
+from .transcripts import hh_messages
 
 
 class FormatProblem(Exception):
@@ -404,8 +405,6 @@ def _axolotl_chat_template(row, options) -> Converted:
 
 def _hh_prompt(prompt: str) -> Any:
     """Nectar's prompt is an HH-RLHF transcript ending "\\n\\nAssistant:": its turns, without the empty last one."""
-    from .importers import hh_messages
-
     if "Human:" not in prompt:
         return prompt
     messages = hh_messages(prompt)

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import Any
 
@@ -18,12 +17,12 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import short
+from .formats import detect_format
 from .readers import Source
 from .shapes import is_messages_type
+from .transcripts import hh_messages  # noqa: F401 (also this module's: the HH importer's parser)
 
 _ASSISTANT = "\n\nAssistant:"
-_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
-_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
 def hh_split(chosen: str, rejected: str) -> tuple[str, str, str]:
@@ -49,15 +48,6 @@ def _common_prefix(a: str, b: str) -> str:
         else:
             hi = mid - 1
     return a[:lo]
-
-
-def hh_messages(transcript: str) -> list[dict[str, str]]:
-    """Parse a transcript into TRL messages; text before the first turn (rare) becomes a system message."""
-    parts = _TURN.split(transcript)
-    messages = [{"role": "system", "content": parts[0].strip()}] if parts[0].strip() else []
-    for i in range(1, len(parts), 2):
-        messages.append({"role": _ROLES[parts[i]], "content": parts[i + 1].strip()})
-    return messages
 
 
 def hh_split_messages(chosen: str, rejected: str) -> tuple[list, list, list]:
@@ -108,8 +98,6 @@ def import_scored(src: Source, score_key: str | None) -> Source:
     """UltraFeedback-style rows -> ranked: rank = 1 + the number of completions that scored strictly higher."""
     table = src.table
     if "completions" not in table.column_names:
-        from .formats import detect_format
-
         fmt = detect_format(table.column_names, table.slice(0, 1).to_pylist()[0] if table.num_rows else None)
         hint = f"; these rows look like {fmt.project}: pass format={fmt.name}" if fmt else ""
         raise src.error(
