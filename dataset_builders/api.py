@@ -23,6 +23,7 @@ from .shapes import (
     CONSTRAINT_FIELDS,
     IMPORT_FORMATS,
     PAIR_SHAPES,
+    TOOLS_FIELD,
     detect_columns,
     first_row,
     is_messages_type,
@@ -203,7 +204,9 @@ def _unused_columns(table: pa.Table, shape: str) -> set[str]:
     """Columns with a value somewhere that the shape's mapping does not read: reported, never dropped silently."""
     from .shapes import FIELDS
 
-    read_fields = set(FIELDS.get(shape, ())) | {"system"} | _ALSO_READ.get(shape, set()) | set(CONSTRAINT_FIELDS)
+    read_fields = (
+        set(FIELDS.get(shape, ())) | {"system", TOOLS_FIELD} | _ALSO_READ.get(shape, set()) | set(CONSTRAINT_FIELDS)
+    )
     return {c for c in table.column_names if c not in read_fields and table.column(c).null_count < table.num_rows}
 
 
@@ -311,7 +314,10 @@ def _load(
             unused |= {c for c in CONSTRAINT_FIELDS if c in table.column_names}
         if method is not None:
             try:
+                had_tools = TOOLS_FIELD in table.column_names
                 table = convert(table, piece_shape, method, options, src.name, report.skipped)
+                if had_tools and TOOLS_FIELD not in table.column_names:
+                    unused.add(TOOLS_FIELD)  # a trainer that does not read them, or a mapping that moves rows
             except Refusal as refusal:
                 raise DataError(src.name, str(refusal) + _tag_hint(src, unused)) from None
         outputs.append(table)

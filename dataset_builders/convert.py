@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import DataError
-from .shapes import CONSTRAINT_FIELDS, PAIR_SHAPES, _np_lengths, is_messages_type
+from .shapes import CONSTRAINT_FIELDS, PAIR_SHAPES, TOOLS_FIELD, _np_lengths, is_messages_type
 
 logger = logging.getLogger("dataset_builders")
 
@@ -368,11 +368,38 @@ def keeps_constraints(method: str | None, options: dict[str, Any]) -> bool:
     return method in (None, "ppo") or (method == "grpo" and options.get("grpo_mode") == "online")
 
 
+# the methods whose TRL trainer passes a `tools` column to the chat template
+TOOLS_METHODS = ("sft", "reward", "dpo", "ipo", "kto")
+
+
+def keeps_tools(table: pa.Table, converted: pa.Table, shape: str, method: str) -> bool:
+    """Whether `converted` (from `table`) carries the tools column: the trainer reads it and the mapping kept every
+    row in place (pairs to DPO, binary to KTO, conversations to SFT: not ranked lists expanded into pairs, nor
+    pairs unpaired for KTO)."""
+    return (
+        TOOLS_FIELD in table.column_names
+        and method in TOOLS_METHODS
+        and converted.num_rows == table.num_rows
+        and not (method == "kto" and "chosen" in converted.column_names)
+        and shape in (*PAIR_SHAPES, "binary", "messages", "prompt_completion")
+    )
+
+
 def convert(
     table: pa.Table, shape: str, method: str, options: dict[str, Any], source: str, skipped: dict[str, int]
 ) -> pa.Table:
     """Canonical columns of `shape` -> exactly the columns `method`'s trainer takes (an Arrow table; KTO from
-    pairs is finished by the caller with TRL's `unpair_preference_dataset`)."""
+    pairs is finished by the caller with TRL's `unpair_preference_dataset`), and the tools column where
+    `keeps_tools` says so."""
+    out = _convert(table, shape, method, options, source, skipped)
+    if keeps_tools(table, out, shape, method):
+        out = out.append_column(TOOLS_FIELD, table.column(TOOLS_FIELD))
+    return out
+
+
+def _convert(
+    table: pa.Table, shape: str, method: str, options: dict[str, Any], source: str, skipped: dict[str, int]
+) -> pa.Table:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "ppo" or (method == "grpo" and options.get("grpo_mode") == "online"):

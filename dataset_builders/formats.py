@@ -284,9 +284,12 @@ def _openai_dpo(row, options) -> Converted:
     used = {"input", "preferred_output", "non_preferred_output"}
     chosen = _assistant(row.get("preferred_output"), "preferred_output")
     rejected = _assistant(row.get("non_preferred_output"), "non_preferred_output")
-    # tool definitions (input.tools) are part of what the model saw: reported when present, not silently dropped
-    nested = {f"input.{k}" for k, v in source.items() if k != "messages" and v not in (None, [], {}, "")}
-    return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}], used, nested
+    rows = [{"prompt": prompt, "chosen": chosen, "rejected": rejected}]
+    _with_tools(rows, source.get("tools"))  # the tool definitions the model saw travel as the `tools` column
+    nested = {
+        f"input.{k}" for k, v in source.items() if k not in ("messages", "tools") and v not in (None, [], {}, "")
+    }
+    return rows, used, nested
 
 
 def _swift_rejected_messages(row, options) -> Converted:
@@ -667,6 +670,8 @@ def apply_format(
         converted, used = result[0], result[1]
         if "system" not in used and _system_first(converted, row.get("system")):
             used = used | {"system"}
+        if "tools" not in used and _with_tools(converted, row.get("tools")):
+            used = used | {"tools"}
         unused |= {k for k, v in row.items() if k not in used and v not in (None, "", [], {})}
         unused |= result[2] if len(result) > 2 else set()
         for reason, count in (result[3] if len(result) > 3 else {}).items():
@@ -697,6 +702,18 @@ def _system_first(rows: list[dict[str, Any]], system: Any) -> bool:
             row[key] = _with_system(system, row[key])
             placed = True
     return placed
+
+
+def _with_tools(rows: list[dict[str, Any]], tools: Any) -> bool:
+    """The tool definitions of a row (LLaMA-Factory's and ms-swift's `tools`, OpenAI's `input.tools`) as a `tools`
+    column of JSON text on each conversation converted from it, which TRL hands to the chat template (LLaMA-Factory
+    writes them into the system prompt in its own template's words). False when there are none."""
+    if tools in (None, "", [], {}) or tools == "[]":
+        return False
+    text = tools if isinstance(tools, str) else json.dumps(tools, ensure_ascii=False)
+    for row in rows:
+        row["tools"] = text
+    return bool(rows)
 
 
 def _to_table(rows: list[dict[str, Any]], src: Source) -> pa.Table:

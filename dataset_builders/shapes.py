@@ -42,6 +42,9 @@ PAIR_SHAPES = ("pairs", "pairs_with_lengths", "pairs_sft_target")
 # A prompt's constraints, as IFEval rows carry them (instruction ids, one argument object each): read by reward
 # functions (`trl_ext.rewards.instruction_following`), so every shape keeps them beside its own fields.
 CONSTRAINT_FIELDS = ("instruction_id_list", "kwargs")
+# the tool definitions a conversation was written against (JSON text): TRL's DPO, KTO, reward and SFT trainers hand
+# a `tools` column to the chat template
+TOOLS_FIELD = "tools"
 
 GOOD_LABELS = ("good", "true", "1", "thumbs_up", "thumbs-up", "thumbs up", "thumbsup", "up", "\N{THUMBS UP SIGN}")
 BAD_LABELS = (
@@ -531,7 +534,7 @@ def validate(
         for i in np.flatnonzero(bad)[:20]:
             check = next(c for c in checks if c.bad[i])
             problems.append(str(source.error(check.reason(int(i)), index=int(i), field=check.field)))
-    table = table.select(list(fields) + [c for c in CONSTRAINT_FIELDS if c in table.column_names])
+    table = table.select(list(fields) + [c for c in (*CONSTRAINT_FIELDS, TOOLS_FIELD) if c in table.column_names])
     if bad.any():
         table = table.filter(pa.array(~bad))
         if ranks is not None:  # keep the flat ranks aligned with the kept rows

@@ -581,15 +581,29 @@ def test_tool_calls_are_kept_as_tool_calls(tmp_path):
     turns = [{"from": "human", "value": "Weather in SF?"},
              {"from": "function_call", "value": '{"name": "get_weather", "arguments": {"city": "SF"}}'},
              {"from": "observation", "value": "12 C"}, {"from": "gpt", "value": "12 degrees."}]  # fmt: skip
+    tools = '[{"name": "get_weather", "parameters": {"city": {"type": "string"}}}]'
     ds, report = dataset_builders.load_with_report(
-        write_jsonl(tmp_path / "s.jsonl", [{"conversations": turns, "tools": "[]"}])
+        write_jsonl(tmp_path / "s.jsonl", [{"conversations": turns, "tools": tools}]), method="sft"
     )
     messages = ds[0]["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]
     assert messages[1]["tool_calls"] == [
         {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "SF"}}}
     ]
-    assert report.unused_fields == ["tools"]
+    assert ds[0]["tools"] == tools and report.unused_fields == []  # TRL hands a tools column to the chat template
+
+
+def test_tool_definitions_travel_as_the_tools_column_where_the_trainer_reads_them(tmp_path):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    row = {"input": {"messages": [user("Weather?")], "tools": tools},
+           "preferred_output": [assistant("Sunny.")], "non_preferred_output": [assistant("No idea.")]}  # fmt: skip
+    path = write_jsonl(tmp_path / "d.jsonl", [row])
+    for method in ("dpo", "reward"):  # OpenAI's input.tools was reported as unused and dropped
+        ds, report = dataset_builders.load_with_report(path, method=method)
+        assert json.loads(ds[0]["tools"]) == tools and "input.tools" not in report.unused_fields
+    for method in ("kto", "grpo"):  # pairs unpaired, or a trainer that does not read them: left out, reported
+        ds, report = dataset_builders.load_with_report(path, method=method)
+        assert "tools" not in ds.column_names and "tools" in report.unused_fields
 
 
 def test_llamafactory_preference_rows_must_end_on_a_user_turn(tmp_path):
