@@ -51,6 +51,10 @@ def main(argv=None) -> list[dict]:
                         "--max_new_tokens", str(args.max_new_tokens),
                         "--prompts_per_batch", str(batch),
                         "--load_in_4bit", "true" if precision == "nf4" else "false",
+                        # the measured settings (the config has since moved to other prompts, 2 answers, repairs)
+                        "--dataset_path", str(ROOT / "recipes/data/hh-rlhf-ifeval-prompts.jsonl"),
+                        "--num_generations", "4",
+                        "--repair", "false",
                     ]
                 )  # fmt: skip
                 record = {

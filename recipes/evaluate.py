@@ -8,7 +8,11 @@ Reports, on evaluation data in any input shape (read by `dataset_builders.load`)
 - with `--reward_model_name_or_path`: the reward model's pairwise accuracy on those pairs, and the win rate of the
   policy's generations over the reference's under it;
 - length of generations (mean and distribution), policy vs reference, and KL(pi || pi_ref) per token on the policy's
-  own samples, on the data's prompts.
+  own samples, on the data's prompts;
+- with `--constraint_prompts_path` (prompts with IFEval-style constraints, e.g. the held-out
+  `recipes/data/ifeval-heldout-prompts.jsonl`): greedy answers of both, checked by IFEval's checkers: prompt-level
+  and instruction-level strict pass rate, base vs trained, the paired gain with its standard error, and a few answers
+  side by side (an answer cut at `--constraint_max_new_tokens` follows nothing).
 
 The reference is the base with the adapter disabled for a LoRA adapter (no second copy), or
 `--base_model_name_or_path` for a full (merged) model. Output: `metrics.json`, `metrics.md` and PNG histograms
@@ -18,6 +22,9 @@ figures to the model's README.md (when the model is a local folder).
     # offline, CPU: the DPO tiny-cpu run, evaluated on the example pairs
     python recipes/evaluate.py --model_name_or_path outputs/dpo-tiny-cpu --dataset_path recipes/data/pairs.jsonl \
         --output_dir outputs/dpo-tiny-cpu/eval --update_model_card true
+    # the quick start: the DPO run on SmolLM2, on held-out constraint prompts (requests it never saw)
+    python recipes/evaluate.py --model_name_or_path outputs/dpo-smollm2-ifeval-cpu \
+        --constraint_prompts_path recipes/data/ifeval-heldout-prompts.jsonl --output_dir outputs/dpo-smollm2-ifeval-cpu/eval
     # a QLoRA adapter of a 7B model on one GPU, with a reward model
     python recipes/evaluate.py --model_name_or_path my-dpo-adapter --dataset_path heldout.jsonl \
         --reward_model_name_or_path my-reward-model --load_in_4bit true --dtype bfloat16 --output_dir eval
@@ -42,7 +49,14 @@ class EvaluateArguments:
     """Arguments of `recipes/evaluate.py` (also readable from a YAML file with `--config`)."""
 
     model_name_or_path: str = field(metadata={"help": "The trained LoRA adapter folder or (merged/full) model."})
-    dataset_path: str = field(metadata={"help": "Evaluation data in any input shape (file, save_to_disk folder, Hub id)."})  # fmt: skip
+    dataset_path: str | None = field(default=None, metadata={"help": "Evaluation data in any input shape (file, save_to_disk folder, Hub id)."})  # fmt: skip
+    constraint_prompts_path: str | None = field(
+        default=None,
+        metadata={"help": "Prompts with IFEval-style constraints (instruction_id_list, kwargs): greedy pass rates, "
+                  "base vs trained."},
+    )  # fmt: skip
+    max_constraint_prompts: int | None = field(default=100, metadata={"help": "Use at most this many constraint prompts."})  # fmt: skip
+    constraint_max_new_tokens: int = field(default=128, metadata={"help": "Greedy answer limit for constraint prompts (a cut answer fails)."})  # fmt: skip
     base_model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "The base (reference). For an adapter, default: the base its adapter_config names. For a "
@@ -74,6 +88,8 @@ class EvaluateArguments:
     )
 
     def __post_init__(self):
+        if not self.dataset_path and not self.constraint_prompts_path:
+            raise ValueError("give --dataset_path (evaluation data) and/or --constraint_prompts_path (constraint prompts)")  # fmt: skip
         if isinstance(self.dataset_options, str):
             self.dataset_options = json.loads(self.dataset_options) if self.dataset_options.strip() else None
 
@@ -88,11 +104,15 @@ def load_eval_data(args: EvaluateArguments) -> dict:
     """From data in any shape: pairs (for preference accuracy), labelled rows (binary) and distinct prompts."""
     import dataset_builders
 
+    out: dict = {"shape": None, "pairs": [], "labelled": [], "prompts": [], "constraints": []}
+    if args.constraint_prompts_path:
+        out["constraints"] = load_constraint_prompts(args.constraint_prompts_path, args.max_constraint_prompts)
+    if not args.dataset_path:
+        return out
     options = dict(args.dataset_options or {})
     if args.dataset_split != "train":
         options.setdefault("split", args.dataset_split)
-    shape = args.dataset_shape or dataset_builders.detect(args.dataset_path)
-    out: dict = {"shape": shape, "pairs": [], "labelled": [], "prompts": []}
+    shape = out["shape"] = args.dataset_shape or dataset_builders.detect(args.dataset_path)
 
     def first(ds, n):
         return ds.select(range(min(n, len(ds)))) if n is not None else ds
@@ -119,6 +139,18 @@ def load_eval_data(args: EvaluateArguments) -> dict:
     return out
 
 
+def load_constraint_prompts(path: str, limit: int | None) -> list[dict]:
+    """Rows with a prompt and IFEval constraints, each checked before a model loads (one line naming the row)."""
+    import dataset_builders
+    from trl_ext.rewards import check_reward_columns, instruction_following
+
+    rows = dataset_builders.load(path, method="ppo")
+    if limit is not None:
+        rows = rows.select(range(min(limit, len(rows))))
+    check_reward_columns([instruction_following], rows, path)
+    return rows.to_list()
+
+
 def main(argv=None):
     (args,) = make_parser().parse_args_and_config(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
@@ -128,7 +160,7 @@ def main(argv=None):
     from trl_ext import eval_report, evaluation, models
 
     data = load_eval_data(args)
-    logger.info("Data (%s): %d pairs, %d labelled rows, %d prompts", data["shape"], len(data["pairs"]), len(data["labelled"]), len(data["prompts"]))  # fmt: skip
+    logger.info("Data (%s): %d pairs, %d labelled rows, %d prompts, %d constraint prompts", data["shape"], len(data["pairs"]), len(data["labelled"]), len(data["prompts"]), len(data["constraints"]))  # fmt: skip
     model, ref_model, tokenizer = models.load_policy(
         args.model_name_or_path,
         args.base_model_name_or_path,
@@ -156,6 +188,8 @@ def main(argv=None):
         pairs=data["pairs"],
         labelled=data["labelled"],
         prompts=data["prompts"] if args.num_prompts != 0 else None,
+        constraint_rows=data["constraints"],
+        constraint_max_new_tokens=args.constraint_max_new_tokens,
         reward_model=reward_model,
         reward_tokenizer=reward_tokenizer,
         max_new_tokens=args.max_new_tokens,
@@ -172,13 +206,15 @@ def main(argv=None):
             "base with adapter disabled" if ref_model is None and evaluation.has_reference(model) else "none"
         ),  # fmt: skip
         "dataset": args.dataset_path,
+        "constraint_prompts": args.constraint_prompts_path,
         "shape": data["shape"],
         "reward_model": args.reward_model_name_or_path or "none",
         "arguments": asdict(args),
     }
     card_path = Path(args.model_name_or_path) / "README.md"
     # "held-out" only when the run did not read this file (its card names its training data)
-    label = eval_report.pairs_label(args.dataset_path, card_path.read_text() if card_path.is_file() else None)
+    card_text = card_path.read_text() if card_path.is_file() else None
+    label = eval_report.pairs_label(args.dataset_path, card_text) if args.dataset_path else eval_report.HELD_OUT
     extra["pairs"] = label
     files = eval_report.write_report(report, args.output_dir, plots=args.plots, extra=extra, pairs_label=label)
     logger.info("Wrote %s and %s", files["json"], files["markdown"])

@@ -20,6 +20,7 @@ The whole pipeline (SFT -> reward model -> PPO) is one command: `python recipes/
 """
 
 from trl_ext import models, recipe, rewards
+from trl_ext.errors import ConfigError
 from trl_ext.ppo import PPOConfig, PPOTrainer
 
 
@@ -31,7 +32,7 @@ def reward_functions(training_args):
     """The rule-based rewards the config names (checked before any model loads)."""
     functions = rewards.resolve_reward_functions(training_args.reward_functions)
     if not functions and not training_args.reward_model_path:
-        raise ValueError(
+        raise ConfigError(
             "PPO needs a reward: reward_model_path (a model from recipes/reward.py) and/or reward_functions "
             f"({', '.join(rewards.REWARD_FUNCTIONS)}, or a dotted path)"
         )

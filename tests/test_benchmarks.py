@@ -147,3 +147,32 @@ def test_gpu_memory_benchmark_runs_its_real_weight_path_on_the_cpu(tmp_path, cap
     (record,) = json.loads(output.read_text())
     assert "error" not in record and record["tokens_per_second"] > 0
     assert record["extra"]["train_seconds"] > 0 and record["how"].startswith("the recipe's own trainer on the device")
+
+
+def test_instruction_following_results_carry_every_field_and_add_up():
+    module = _load("instruction_following")
+    paths = sorted((BENCHMARKS / "results").glob("instruction_following-*.json"))
+    assert paths, "benchmarks/results/instruction_following-quick.json is shipped"
+    for path in paths:
+        rows = json.loads(path.read_text())
+        assert isinstance(rows, list) and rows, path
+        for row in rows:
+            assert not [f for f in module.FIELDS if f not in row], (path, row.get("method"))
+            assert row["method"] in module.METHOD_BY_KEY
+            for key in ("base_strict", "trained_strict", "base_instruction", "trained_instruction"):
+                assert 0.0 <= row[key] <= 1.0, key
+            assert row["gain"] == pytest.approx(row["trained_strict"] - row["base_strict"])
+            assert row["paired_se"] > 0 and row["held_out_prompts"] >= 100 and row["train_seconds"] > 0
+            assert isinstance(row["commit"], str) and isinstance(row["tree_clean"], bool)
+        assert len({r["commit"] for r in rows}) == 1, "every part of a results file comes from one commit"
+
+
+def test_instruction_following_table_has_one_line_per_method():
+    module = _load("instruction_following")
+    row = dict.fromkeys(module.FIELDS, 0.5) | {"method": "dpo", "seed": 0, "held_out_prompts": 128, "gain": 0.25}
+    meta = {"machine": "2 CPU cores", "git": {"commit": "abc", "tree_clean": True}, "versions": {"trl": "1.16.0"},
+            "command": "python benchmarks/instruction_following.py --quick", "wall_s": 600}  # fmt: skip
+    table = module.markdown([row, dict(row, seed=1, gain=0.35)], meta)
+    lines = [line for line in table.splitlines() if line.startswith("| dpo |")]
+    assert len(lines) == 1 and "| 2 |" in lines[0] and "+0.300 +- 0.500" in lines[0]
+    assert "`abc` (tree clean)" in table and "128 held-out prompts" in table

@@ -119,6 +119,10 @@ def test_the_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
         ("kto", ["--config", "kto/tiny-cpu.yaml", "--dataset_path", "empty.jsonl"], "no rows"),
         ("ppo", ["--config", "ppo/tiny-cpu.yaml", "--reward_functions", "", "--reward_model_path", "no-such-rm"],
          "reward model 'no-such-rm'"),
+        ("ppo", ["--config", "ppo/tiny-cpu.yaml", "--reward_functions", "", "--reward_model_path", ""],
+         "PPO needs a reward"),
+        ("grpo", ["--config", "grpo/tiny-cpu-online.yaml", "--reward_functions", "no_such_reward"],
+         "reward function 'no_such_reward': not a known name"),
     ],
 )  # fmt: skip
 def test_a_recipe_run_as_a_script_says_a_user_error_in_one_line(tmp_path, script, flags, says):

@@ -167,3 +167,43 @@ def test_the_reward_margin_figure_shows_the_reward_margin_metric(tmp_path):
     dists = {"margin_before": [24.0, 23.0], "margin_after": [24.2, 23.04], "implicit_reward_margin": [0.2, 0.04]}
     figures = eval_report.plot_distributions(dists, tmp_path)
     assert set(figures) == {"reward_margin", "likelihood_margin"}
+
+
+def test_constraint_prompts_give_pass_rates_of_base_and_trained_with_the_paired_gain(adapter, tmp_path, monkeypatch):
+    """Greedy answers of the adapter and of its base on constraint prompts: a policy stubbed to follow a lowercase
+    constraint only when the adapter is on scores 1.0 against the base's 0.0, a paired gain of 1 with SE 0."""
+    from trl_ext.evaluation import instruction_following as ifollow
+    from trl_ext.evaluation.generation import Generations
+
+    def generate(model, tokenizer, prompts, **kwargs):
+        lora = [m for m in model.modules() if hasattr(m, "lora_A")]
+        adapter_on = bool(lora) and not any(m.disable_adapters for m in lora)
+        answer = "all in lowercase." if adapter_on else "Not Lowercase."
+        n = len(prompts)
+        return Generations(list(prompts), [answer] * n, [[1]] * n, [[5, 2]] * n, [True] * n)
+
+    monkeypatch.setattr(ifollow, "generate", generate)
+    prompts = tmp_path / "prompts.jsonl"
+    row = {"prompt": [{"role": "user", "content": "Say hi in lowercase."}],
+           "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}  # fmt: skip
+    prompts.write_text("\n".join(json.dumps(row) for _ in range(6)) + "\n")
+    out = tmp_path / "eval"
+    evaluate("--model_name_or_path", adapter, "--constraint_prompts_path", prompts, "--output_dir", out,
+             "--max_constraint_prompts", "5", "--plots", "false")  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["if_prompts"] == 5
+    assert (metrics["reference_if_prompt_strict"], metrics["if_prompt_strict"]) == (0.0, 1.0)
+    assert (metrics["if_gain"], metrics["if_paired_se"]) == (1.0, 0.0)
+    table = (out / "metrics.md").read_text()
+    assert "IFEval prompt-level strict" in table and "(follows) all in lowercase." in table
+
+
+def test_constraint_prompts_without_constraints_are_refused_before_a_model_loads(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
+    with pytest.raises(ValueError, match="instruction_following needs prompts with constraints"):
+        evaluate(
+            "--model_name_or_path", "no-such-model", "--constraint_prompts_path", prompts, "--output_dir", tmp_path
+        )
+    with pytest.raises(ValueError, match="--dataset_path .* and/or --constraint_prompts_path"):
+        evaluate("--model_name_or_path", "no-such-model", "--output_dir", tmp_path)

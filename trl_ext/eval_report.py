@@ -50,6 +50,17 @@ DESCRIPTIONS: dict[str, str] = {
     "reference_length_median": "median length of reference generations",
     "finished_fraction": "policy generations that ended with EOS",
     "n_pairs": "held-out pairs evaluated",
+    "if_prompt_strict": "constraint prompts: answers (greedy) following every constraint (IFEval prompt-level strict)",
+    "reference_if_prompt_strict": "the same for the reference (before training)",
+    "if_gain": "prompt-level strict pass rate, trained - reference, over the same prompts",
+    "if_paired_se": "standard error of that paired gain",
+    "if_instruction_strict": "constraint prompts: constraints followed, of all (IFEval instruction-level strict)",
+    "reference_if_instruction_strict": "the same for the reference",
+    "if_mean_length_tokens": "mean length of the greedy answers (tokens)",
+    "reference_if_mean_length_tokens": "the same for the reference",
+    "if_cut_at_max_new_tokens": "greedy answers cut at the token limit (each counts as following nothing)",
+    "reference_if_cut_at_max_new_tokens": "the same for the reference",
+    "if_prompts": "constraint prompts evaluated",
 }
 
 
@@ -181,6 +192,15 @@ def write_report(
         md += ["## Samples", "", "| prompt | reference | policy |", "|---|---|---|"]
         for s in samples:
             md.append(f"| {_cell(s.get('prompt'))} | {_cell(s.get('reference', ''))} | {_cell(s.get('policy', ''))} |")
+        md.append("")
+    examples = report.get("instruction_following_examples") or []
+    if examples:
+        md += ["## Greedy answers to constraint prompts", "", "| prompt | reference | trained |", "|---|---|---|"]
+        mark = lambda ok: "" if ok is None else ("(follows) " if ok else "(fails) ")  # noqa: E731
+        for e in examples:
+            before = mark(e.get("base_followed")) + str(e.get("base", ""))
+            after = mark(e.get("trained_followed")) + e["trained"]
+            md.append(f"| {_cell(e['prompt'])} | {_cell(before, 300)} | {_cell(after, 300)} |")
         md.append("")
     md_path = out_dir / "metrics.md"
     md_path.write_text("\n".join(md))

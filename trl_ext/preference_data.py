@@ -67,6 +67,10 @@ class GenerateArguments:
         truncated: An answer cut at max_new_tokens (no end of turn): `worst` (default: it ranks below every answer
             that ended, whatever its reward; a cut answer is never chosen over a finished one), `drop` (left out of
             the candidates) or `keep` (ranked by its reward alone). Counted in the sidecar either way.
+        repair: Prompts with constraints: where no finished answer follows all of them, the best answer rewritten by
+            each instruction's rule (`trl_ext.rewards.repairs`; a cut answer trimmed to whole sentences first) joins
+            the candidates when IFEval's checkers confirm it follows every constraint. Such a row records
+            `"chosen_repaired": true`; the sidecar counts them.
         overwrite: Start again even if output_path holds an earlier run's rows.
         trust_remote_code: Allow the model's repository to run its own code when loading (off by default).
     """
@@ -100,6 +104,11 @@ class GenerateArguments:
             "choices": list(TRUNCATED),
         },
     )
+    repair: bool = field(
+        default=False,
+        metadata={"help": "Where no answer follows every constraint: add the best one rewritten to follow them "
+                  "(trl_ext.rewards.repairs), verified by IFEval's checkers."},
+    )  # fmt: skip
     overwrite: bool = field(default=False, metadata={"help": "Discard an earlier run's rows in output_path."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's repository to run code."})
 
@@ -123,6 +132,8 @@ class GenerateArguments:
             raise ValueError(f"temperature must be positive (sampling), got {self.temperature}")
         if self.truncated not in TRUNCATED:
             raise ValueError(f"truncated must be one of {', '.join(TRUNCATED)}, got {self.truncated!r}")
+        if self.repair and self.shape == "binary" and self.binary_threshold is not None:
+            raise ValueError("repair adds a rewritten answer to rank; binary_threshold labels sampled answers only")
         if self.binary_threshold is not None and self.shape != "binary":
             raise ValueError("binary_threshold applies to shape binary only")
 
@@ -301,7 +312,7 @@ def generate_preference_data(
             **source_commit(),
             "versions": library_versions(),
             "progress": {"prompts_done": 0, "bytes": 0},
-            "counts": {"rows": 0, "answers": 0, "truncated": 0, "answer_tokens": 0, "skipped": {}},
+            "counts": {"rows": 0, "answers": 0, "truncated": 0, "answer_tokens": 0, "repaired": 0, "skipped": {}},
             "seconds": 0.0,
             "finished": False,
         }
@@ -354,15 +365,25 @@ def generate_preference_data(
                 counts["truncated"] += sum(not generated.finished[j] for j in span)
                 counts["answer_tokens"] += sum(lengths[j] for j in span)
                 base = {"prompt": prompt, **_constraints(batch, i)}
-                rows = shape_rows(
-                    args.shape,
-                    base,
+                candidates = (
                     [generated.completions[j] for j in kept],
                     [scores[j] for j in kept],
                     [lengths[j] for j in kept],
-                    args.binary_threshold,
-                    [generated.finished[j] for j in kept] if args.truncated == "worst" else None,
+                    [generated.finished[j] for j in kept],
                 )
+                repaired = args.repair and "instruction_id_list" in base and _add_repair(
+                    candidates, base, span, generated, scores, scorer, tokenizer, {c: batch[c][i] for c in extra_columns}
+                )  # fmt: skip
+                rows = shape_rows(
+                    args.shape,
+                    base,
+                    *candidates[:3],
+                    args.binary_threshold,
+                    candidates[3] if args.truncated == "worst" else None,
+                )
+                if repaired and any(r.get("chosen") == repaired for r in rows):
+                    counts["repaired"] = counts.get("repaired", 0) + 1
+                    rows = [dict(r, chosen_repaired=r["chosen"] == repaired) for r in rows]
                 if not rows:
                     reason = NO_ANSWER if len(kept) < 2 else ALL_TIED
                     counts["skipped"][reason] = counts["skipped"].get(reason, 0) + 1
@@ -392,6 +413,27 @@ def generate_preference_data(
         meta["speed"]["answers_per_second"],
     )  # fmt: skip
     return meta
+
+
+def _add_repair(candidates, base, span, generated, scores, scorer, tokenizer, columns) -> str | None:
+    """Append the best answer rewritten to follow every constraint to `candidates` (answers, scores, lengths,
+    finished) when no finished answer already follows them all and the rewrite verifies; the rewrite, if appended."""
+    from trl_ext.rewards.checkers import text_of, verify
+    from trl_ext.rewards.repairs import repair
+
+    ids, arguments, prompt = base["instruction_id_list"], base["kwargs"], text_of(base["prompt"])
+    answers, _, _, finished = candidates
+    if any(done and verify(a, ids, arguments, prompt).all_followed for a, done in zip(answers, finished)):
+        return None
+    best = max(span, key=lambda j: (generated.finished[j], scores[j]))  # the first of equals
+    rewritten = repair(generated.completions[best], ids, arguments, prompt, finished=generated.finished[best])
+    if rewritten is None:
+        return None
+    ids_ = tokenizer(rewritten, add_special_tokens=False)["input_ids"]
+    score = scorer([base["prompt"]], [rewritten], [ids_], {c: [v] for c, v in columns.items()})[0]
+    for column, value in zip(candidates, (rewritten, score, len(ids_), True)):
+        column.append(value)
+    return rewritten
 
 
 def _constraints(batch: Any, i: int) -> dict[str, Any]:

@@ -1,20 +1,21 @@
-"""What every recipe in `recipes/` shares: parsing, model and data loading, NaN guard, save -> merge -> card -> push.
+"""What every recipe in `recipes/` shares: parsing, data loading, the NaN guard, save -> merge -> card -> push
+(loading models is `trl_ext.models`).
 
 A recipe shows only what is particular to its method; it reads top to bottom (see `recipes/dpo.py`):
 
     from trl import DPOConfig, DPOTrainer
-    from trl_ext import recipe
+    from trl_ext import models, recipe
 
     def make_parser():
         return recipe.make_parser(DPOConfig)
 
     def main(argv=None):
         args, training_args, model_args = recipe.parse(make_parser(), argv, script=__file__)  # YAML + flags, seed
-        tokenizer = recipe.load_tokenizer(model_args, training_args)
-        model = recipe.load_model(model_args, training_args)                   # 4-bit NF4 + k-bit prep if asked
-        train_ds, eval_ds = recipe.load_datasets(args, method="dpo", seed=training_args.seed)
+        train_ds, eval_ds = recipe.load_datasets(args, method="dpo", seed=training_args.seed)  # bad data fails here
+        tokenizer = models.load_tokenizer(model_args, training_args)
+        model = models.load_model(model_args, training_args)                   # 4-bit NF4 + k-bit prep if asked
         trainer = DPOTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
-                             processing_class=tokenizer, peft_config=recipe.lora_config(model_args),
+                             processing_class=tokenizer, peft_config=models.lora_config(model_args),
                              callbacks=recipe.callbacks())
         metrics = recipe.train(trainer)                                        # resumes if asked; final eval
         return recipe.finish(trainer, args, model_args, method="dpo", train_dataset=train_ds,
@@ -387,8 +388,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     line, not a traceback, by `run_script` and by `trl-ext`."""
     from dataset_builders.errors import DataError
     from trl_ext.embedded import EmbeddedModelError
+    from trl_ext.errors import ConfigError
+    from trl_ext.rewards import ConstraintError
 
-    return (DataError, EmbeddedModelError, NonFiniteLossError, FileNotFoundError)
+    return (DataError, EmbeddedModelError, NonFiniteLossError, FileNotFoundError, ConfigError, ConstraintError)
 
 
 def run_script(main: Any, argv: Sequence[str] | None = None) -> None:
@@ -446,7 +449,12 @@ def callbacks() -> list[TrainerCallback]:
 
 def train(trainer: Trainer) -> dict[str, float]:
     """`trainer.train` (resuming from `args.resume_from_checkpoint`, resolved by `parse`), then a final evaluation
-    if the trainer has an evaluation set. Returns the metrics (train_* and eval_*)."""
+    if the trainer has an evaluation set. Returns the metrics (train_* and eval_*).
+
+    Before the first step: a 4/8-bit model's bfloat16 trainable weights (TRL casts them so) go back to float32 when
+    no mixed precision is on, or a float32 forward meets bfloat16 weights (`trainer_utils.
+    trainable_without_mixed_precision`); and on a GPU
+    the memory planner warns when the run will not fit the card (`plan.warn_if_too_big`)."""
     from trl_ext.trainer_utils import trainable_without_mixed_precision
 
     trainable_without_mixed_precision(trainer.model, trainer.args)  # before the optimizer exists

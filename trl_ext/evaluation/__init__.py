@@ -6,6 +6,8 @@
 - `scoring`: log-probabilities of completions under a model and its reference, reward-model scores (one padded-batch
   runner, TRL's tokenization from `trl_ext.tokenization`).
 - `generation`: completions sampled from exactly the model's distribution, their lengths, KL on them.
+- `instruction_following`: greedy answers to IFEval-style prompts checked by IFEval's checkers, pass rates and the
+  paired gain over the base.
 - `evaluate_policy` (here) runs them all and returns one flat dict of metrics (what `recipes/evaluate.py` and
   `benchmarks/alignment.py` report); `trl_ext.eval_report` writes it out.
 
@@ -28,9 +30,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from trl_ext.rewards.checkers import text_of
 from trl_ext.tokenization import Text, pad_token_id
 
 from .generation import Generations, completion_lengths, generate, kl_to_reference
+from .instruction_following import answer_constraint_prompts, paired_gain
 from .metrics import (
     KLEstimate,
     SequenceLogps,
@@ -64,11 +68,15 @@ from .scoring import (
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+EXAMPLES = 4  # greedy answers shown side by side (base vs trained) in the report
+
 __all__ = [
     "CompletionScores",
     "Generations",
     "KLEstimate",
     "PairEvaluation",
+    "answer_constraint_prompts",
+    "paired_gain",
     "ScoreFn",
     "SequenceLogps",
     "completion_lengths",
@@ -107,6 +115,8 @@ def evaluate_policy(
     pairs: Sequence[dict[str, Any]] | None = None,
     labelled: Sequence[dict[str, Any]] | None = None,
     prompts: Sequence[Text] | None = None,
+    constraint_rows: Sequence[dict[str, Any]] | None = None,
+    constraint_max_new_tokens: int = 128,
     score_fn: ScoreFn | None = None,
     reward_model: torch.nn.Module | None = None,
     reward_tokenizer: PreTrainedTokenizerBase | None = None,
@@ -127,6 +137,10 @@ def evaluate_policy(
     - `prompts`: `num_samples` generations per prompt from the policy and from the reference (temperature 1);
       length mean/distribution for both; KL(pi || pi_ref) on the policy's samples; with a `score_fn` (or a
       `reward_model`, which makes one) the mean score of both and the policy's win rate over the reference.
+    - `constraint_rows` (prompt, instruction_id_list, kwargs: IFEval-style prompts): greedy answers of the policy and
+      of the reference checked by IFEval's checkers (`instruction_following`): prompt-level and instruction-level
+      strict pass rates of both, the paired gain and its standard error, answer lengths; a few answers side by side
+      in ``report["instruction_following_examples"]``.
 
     Returns ``{"metrics": {flat name -> number}, "distributions": {name -> list}, "samples": [...]}``; the
     distributions feed the before/after histograms of `trl_ext.eval_report`.
@@ -214,4 +228,30 @@ def evaluate_policy(
             if ref_gen is not None:
                 row["reference"] = ref_gen.completions[i]
             samples.append(row)
-    return {"metrics": metrics, "distributions": dists, "samples": samples}
+    report = {"metrics": metrics, "distributions": dists, "samples": samples}
+    if constraint_rows:
+        report["instruction_following_examples"] = _instruction_following(
+            model, tokenizer, ref_model, list(constraint_rows), metrics,
+            max_new_tokens=constraint_max_new_tokens, batch_size=batch_size, progress=progress,
+        )  # fmt: skip
+    return report
+
+
+def _instruction_following(model, tokenizer, ref_model, rows, metrics, **kwargs) -> list[dict[str, Any]]:
+    """Greedy pass rates of the policy (and the reference), written into `metrics`; a few answers side by side."""
+    trained = answer_constraint_prompts(model, tokenizer, rows, desc="greedy answers (trained)", **kwargs)
+    metrics.update({f"if_{k}": float(v) for k, v in trained.summary().items()})
+    base = None
+    if has_reference(model, ref_model):
+        with reference_model(model, ref_model) as ref:
+            base = answer_constraint_prompts(ref, tokenizer, rows, desc="greedy answers (base)", **kwargs)
+        metrics.update({f"reference_if_{k}": float(v) for k, v in base.summary().items() if k != "prompts"})
+        gain = paired_gain(base.prompt_strict, trained.prompt_strict)
+        metrics["if_gain"], metrics["if_paired_se"] = gain["gain"], gain["paired_se"]
+    examples = []
+    for i, row in enumerate(rows[:EXAMPLES]):
+        example = {"prompt": text_of(row["prompt"]), "trained": trained.completions[i], "trained_followed": all(trained.followed[i])}  # fmt: skip
+        if base is not None:
+            example.update(base=base.completions[i], base_followed=all(base.followed[i]))
+        examples.append(example)
+    return examples

@@ -46,6 +46,7 @@ def generate(
     num_return_sequences: int = 1,
     seed: int | None = 0,
     progress: bool = True,
+    desc: str = "generating",
 ) -> Generations:
     """Batched generation (left padding) of completions for `prompts`.
 
@@ -78,7 +79,7 @@ def generate(
             if seed is not None:
                 torch.manual_seed(seed)
             n_batches = math.ceil(len(order) / batch_size)
-            for idx in _progress(_batches(order, batch_size), "generating", total=n_batches, enabled=progress):
+            for idx in _progress(_batches(order, batch_size), desc, total=n_batches, enabled=progress):
                 width = max(len(expanded[k][1]) for k in idx)
                 ids = torch.full((len(idx), width), pad, dtype=torch.long)
                 attn = torch.zeros((len(idx), width), dtype=torch.long)

@@ -15,6 +15,8 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from trl_ext.errors import ConfigError
+
 from .checkers import (
     CONSTRAINT_FIELDS,
     ConstraintError,
@@ -53,14 +55,14 @@ def import_reward_function(path: str) -> RewardFunc:
     """``"package.module.function"`` -> the function (as TRL's GRPO script reads `--reward_funcs`)."""
     module, _, name = path.rpartition(".")
     if not module:
-        raise ValueError(
+        raise ConfigError(
             f"reward function {path!r}: not a known name ({', '.join(REWARD_FUNCTIONS)}) nor a dotted path such as "
             "trl_ext.testing.synthetic.toy_quality"
         )
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as error:
-        raise ValueError(f"reward function {path!r}: cannot import it ({error})") from error
+        raise ConfigError(f"reward function {path!r}: cannot import it ({error})") from error
 
 
 def resolve_reward_functions(names: Sequence[str] | str | None) -> list[RewardFunc]:
@@ -79,7 +81,7 @@ def reward_weights(weights: Sequence[float] | None, n_rewards: int) -> list[floa
         return [1.0] * n_rewards
     weights = [float(w) for w in weights]
     if len(weights) != n_rewards:
-        raise ValueError(
+        raise ConfigError(
             f"reward_weights has {len(weights)} value(s) for {n_rewards} reward(s) (the reward model first, if any, "
             "then reward_functions in order)"
         )

@@ -142,9 +142,12 @@ def attach_constraints(
     return rows
 
 
-def read_requests(source: str, max_requests: int | None = None) -> tuple[list[str], int]:
+def read_requests(source: str, max_requests: int | None = None, skip_requests: int = 0) -> tuple[list[str], int]:
     """The first user turn of each row's prompt (any shape with a prompt; HH-RLHF transcripts parsed into turns),
-    repeats kept once: ``(requests, repeats left out)``."""
+    repeats kept once, the first `skip_requests` distinct ones left out: ``(requests, repeats left out)``.
+
+    Requests are counted after repeats are removed, so ``--max_requests N`` and ``--skip_requests N`` on the same
+    file split it by request: no request is on both sides (a training file and a held-out file)."""
     import dataset_builders
 
     prompts = dataset_builders.load(source, method="ppo", conversational=True)["prompt"]
@@ -158,9 +161,9 @@ def read_requests(source: str, max_requests: int | None = None) -> tuple[list[st
             repeats += 1
             continue
         seen[request] = None
-        if max_requests is not None and len(seen) >= max_requests:
+        if max_requests is not None and len(seen) >= skip_requests + max_requests:
             break
-    return list(seen), repeats
+    return list(seen)[skip_requests:], repeats
 
 
 def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
@@ -186,6 +189,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exclude", nargs="+", default=[], help="instruction ids never drawn")
     parser.add_argument("--max_requests", type=int, help="use only the first N distinct requests")
     parser.add_argument(
+        "--skip_requests",
+        type=int,
+        default=0,
+        help="leave out the first N distinct requests (a held-out file: --skip_requests = the training file's N)",
+    )
+    parser.add_argument(
         "--conversational", choices=("true", "false"), default="true", help="prompt as a user message (default)"
     )
     return parser
@@ -199,7 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool = [i for i in (args.instructions or default_instructions()) if i not in set(args.exclude)]
         if not pool:
             raise ConstraintError("no instruction left to draw from (--instructions minus --exclude)")
-        requests, repeats = read_requests(args.requests, args.max_requests)
+        if args.skip_requests < 0:
+            raise ValueError(f"--skip_requests must be >= 0, got {args.skip_requests}")
+        requests, repeats = read_requests(args.requests, args.max_requests, args.skip_requests)
         rows = attach_constraints(
             requests,
             seed=args.seed,
