@@ -8,7 +8,7 @@ Writes `benchmarks/results/alignment-<quick|full>.json` (every number of every r
 tables into `benchmarks/RESULTS.md` (between markers, so other sections of that file stay). Work files go to
 `runs/alignment/` (git-ignored).
 
-The task is `trl_ext.testing.synthetic.ToyTask`: prompts are a topic word and three filler words; a response is a list of
+The task is `trl_ext.toy.synthetic.ToyTask`: prompts are a topic word and three filler words; a response is a list of
 words; its true quality `quality(text)` is the fraction of words from a list of good words (length-independent).
 Every method's training data comes from the same truth, in the input shape `dataset_builders` pairs with the method
 (pairs, pairs with lengths, good/bad labels, pairs with an SFT target, rankings, A/B preferences for the reward model
@@ -156,14 +156,14 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
 def sft_rows(seed: int, n: int) -> list[dict]:
     """Prompts with responses of random quality (the `binary` rows' responses, labels dropped): well-formed answers,
     good words at about the rate of bad ones, so the SFT model is a neutral starting point."""
-    from trl_ext.testing.synthetic import ToyTask
+    from trl_ext.toy.synthetic import ToyTask
 
     return [{"prompt": r["prompt"], "completion": r["response"]} for r in ToyTask(seed=seed).rows("binary", n)]
 
 
 def true_pairs(seed: int, n: int) -> list[dict]:
     """Held-out pairs (test split) ordered by the ground truth: chosen = the higher `quality`; equal quality dropped."""
-    from trl_ext.testing.synthetic import ToyTask, quality
+    from trl_ext.toy.synthetic import ToyTask, quality
 
     out = []
     for row in ToyTask(seed=10_000 + seed).rows("pairs", n, split="test"):
@@ -177,7 +177,7 @@ def true_pairs(seed: int, n: int) -> list[dict]:
 
 def write_data(workdir: Path, seed: int, budget: Budget, methods: list[Method], variants: list[str]) -> dict:
     """Training data of every shape and variant, SFT data and held-out evaluation data for one seed."""
-    from trl_ext.testing.synthetic import ToyTask
+    from trl_ext.toy.synthetic import ToyTask
 
     root = workdir / f"seed{seed}" / "data"
     paths: dict[str, Any] = {"sft": str(write_jsonl([_plain(r) for r in sft_rows(seed, 4000)], root / "sft.jsonl"))}
@@ -243,8 +243,8 @@ def common_flags(method_recipe: str, data: str, output_dir: Path, model: str, st
 def evaluate(model, tokenizer, data: dict, budget: Budget, seed: int, *, with_reference: bool) -> dict[str, float]:
     """Ground-truth score, well-formedness, length, KL and held-out preference accuracy of `model`."""
     from trl_ext import evaluation as ev
-    from trl_ext.testing.synthetic import BAD_WORDS, GOOD_WORDS, quality
     from trl_ext.tokenization import pad_token_id
+    from trl_ext.toy.synthetic import BAD_WORDS, GOOD_WORDS, quality
 
     vocabulary = set(GOOD_WORDS) | set(BAD_WORDS)
     prompts = [r["prompt"] for r in read_jsonl(data["test_prompts"])]
@@ -852,7 +852,7 @@ def main(argv: list[str] | None = None) -> dict:
     import transformers  # noqa: F401
     import trl  # noqa: F401
 
-    from trl_ext.testing.tiny import tiny_model_path
+    from trl_ext.toy.tiny import tiny_model_path
 
     torch.set_num_threads(1)
     tiny_model_path()  # build the tiny model once, before the children need it

@@ -4,7 +4,7 @@
     python benchmarks/builders.py --rows 200000   # a smaller run
     python benchmarks/builders.py --extra         # also ranked -> dpo (all pairs) and pairs -> kto (TRL's unpair)
 
-For each shape it writes a JSONL file from the known-truth toy task (`trl_ext.testing.synthetic.ToyTask`), then, in one
+For each shape it writes a JSONL file from the known-truth toy task (`trl_ext.toy.synthetic.ToyTask`), then, in one
 run and each in a fresh child process so neither sees the other's memory:
 
 - raw:  ``pyarrow.json.read_json`` of the file (the floor: reading JSON into Arrow, nothing else);
@@ -44,7 +44,7 @@ EXTRA = [("ranked", "dpo"), ("pairs", "kto")]
 def write_shape(shape: str, rows: int, path: Path, seed: int = 0) -> Path:
     """Stream `rows` rows of `shape` to JSONL (one row in memory at a time)."""
     sys.path.insert(0, str(REPO_ROOT))
-    from trl_ext.testing.synthetic import ToyTask
+    from trl_ext.toy.synthetic import ToyTask
 
     task = ToyTask(seed=seed)
     rng = random.Random(f"bench-{seed}-{shape}")

@@ -7,7 +7,7 @@ about 8 minutes on one large GPU:
     python benchmarks/gpu_memory.py --device cpu --model Qwen/Qwen2.5-0.5B --num_layers 1 --configs dpo/qlora-12gb
                                                          # the same path on the CPU (timing only), as a check
 
-Needs no Hub access: models are built from their published shapes (`trl_ext.memory.model_shapes`) and the data is
+Needs no Hub access: models are built from their published shapes (`trl_ext.model_shapes`) and the data is
 synthetic (every sequence at the config's maximum length). Prints, per config, the GPU peak beside the CPU
 measurement of benchmarks/results/memory.json (tensor memory, fake weights) and the planner's prediction.
 """
@@ -36,8 +36,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     import torch
+    from memory_harness import measure_recipe
 
-    from trl_ext.memory import measure_recipe
     from trl_ext.plan import predict
 
     if args.device == "cuda" and not torch.cuda.is_available():

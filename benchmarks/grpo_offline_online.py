@@ -169,8 +169,8 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from trl_ext.testing.synthetic import ToyTask
-    from trl_ext.testing.tiny import tiny_model_path
+    from trl_ext.toy.synthetic import ToyTask
+    from trl_ext.toy.tiny import tiny_model_path
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:

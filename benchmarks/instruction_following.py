@@ -86,6 +86,17 @@ def train(method: Method, output_dir: Path, seed: int) -> float:
     return time.perf_counter() - start
 
 
+def trained_seconds(adapter: Path) -> float:
+    """The training time an adapter's model card records (`train_runtime`), for `--reuse`."""
+    import re
+
+    card = (adapter / "README.md").read_text() if (adapter / "README.md").is_file() else ""
+    found = re.search(r"^\| train_runtime \| ([0-9.]+) \|", card, flags=re.MULTILINE)
+    if found is None:
+        raise SystemExit(f"--reuse: {adapter} holds no trained adapter with a train_runtime in its card")
+    return float(found.group(1))
+
+
 def evaluate(adapter: Path, rows: list[dict], base_answers, seed: int) -> tuple[dict[str, Any], Any]:
     """The trained adapter's greedy answers (and the base's, once per run: the adapter disabled), pass rates, KL."""
     from trl_ext.evaluation import instruction_following as ifollow
@@ -144,7 +155,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         )
     git = meta["git"]
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
-    lines += ["", f"Commit `{git['commit']}` (tree {'clean' if git['tree_clean'] else 'with uncommitted changes'}); "
+    lines += ["", f"Commit `{git['commit']}` (tree {'clean' if git['clean'] else 'with uncommitted changes'}); "
               f"{versions}; `{meta['command']}`, {meta['wall_s'] / 60:.0f} min."]  # fmt: skip
     return "\n".join(lines)
 
@@ -156,6 +167,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--methods", nargs="+", choices=list(METHOD_BY_KEY), help="a part of the methods")
     parser.add_argument("--workdir", default=str(REPO_ROOT / "runs" / "instruction_following"))
     parser.add_argument("--no-write", action="store_true", help="write neither benchmarks/results nor RESULTS.md")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="evaluate the adapters an earlier run left in --workdir instead of training again (train_seconds: the "
+        "train_runtime their model card records)",
+    )
     args = parser.parse_args(argv)
 
     from trl_ext.model_card import library_versions
@@ -171,10 +188,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for seed in seeds:
         for method in methods:
             out = Path(args.workdir) / f"{method.key}-seed{seed}"
-            seconds = train(method, out, seed)
+            seconds = trained_seconds(out) if args.reuse else train(method, out, seed)
             result, base_answers = evaluate(out, rows_in, base_answers, seed)
             results.append({"method": method.key, "seed": seed, **result, "train_seconds": seconds,
-                            "commit": git["commit"], "tree_clean": git["tree_clean"]})  # fmt: skip
+                            "commit": git["commit"], "tree_clean": git["clean"]})  # fmt: skip
             r = results[-1]
             print(f"{method.key} seed {seed}: strict {r['base_strict']:.3f} -> {r['trained_strict']:.3f} "
                   f"({r['gain']:+.3f} +- {r['paired_se']:.3f}), length {r['length_base']:.0f} -> "

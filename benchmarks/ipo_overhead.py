@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from datasets import Dataset
 
-    from trl_ext.testing.synthetic import ToyTask
-    from trl_ext.testing.tiny import tiny_model_path
+    from trl_ext.toy.synthetic import ToyTask
+    from trl_ext.toy.tiny import tiny_model_path
 
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,7 +1,7 @@
 """Measured tensor memory of every method's QLoRA configs at the real Qwen2.5 shapes, on the CPU.
 
 For each `qlora-24gb` / `qlora-12gb` config (online GRPO and PPO included) this runs the recipe's own trainer for
-real optimizer steps with fake weights of the config's model (`trl_ext.memory.measure_recipe`: every decoder layer,
+real optimizer steps with fake weights of the config's model (`memory_harness.measure_recipe`, beside this script: every decoder layer,
 4-bit NF4 as configured, LoRA, gradient checkpointing, the configured optimizer, every sequence at its maximum
 length, generation to max_new_tokens) and records the peak by category.
 
@@ -28,11 +28,15 @@ import sys
 import time
 from pathlib import Path
 
+from trl_ext.methods import PLANNED
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # memory_harness, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "memory.json"
 GIB = 2**30
 
-METHODS = ("sft", "reward", "dpo", "ipo", "kto", "orpo", "grpo", "grpo-online", "ppo")
+METHODS = tuple(PLANNED)  # trl_ext.methods: every recipe, GRPO online as its own entry
 
 
 def config_path(name: str) -> Path:
@@ -83,7 +87,7 @@ def provenance() -> dict[str, object]:
 
 
 def measure(name: str, *, model: str | None = None, overrides: dict | None = None, role: str, layers=None) -> dict:
-    from trl_ext.memory import measure_recipe
+    from memory_harness import measure_recipe
 
     measurement = measure_recipe(config_path(name), model=model, overrides=overrides, num_layers=layers)
     record = measurement.to_dict()
@@ -98,7 +102,7 @@ def measure(name: str, *, model: str | None = None, overrides: dict | None = Non
 
 def table(records: list[dict]) -> str:
     """Markdown: one row per method, the 24 GB and 12 GB configs' measured peaks and their largest categories."""
-    from trl_ext.memory import CUDA_OVERHEAD_BYTES
+    from trl_ext.model_shapes import CUDA_OVERHEAD_BYTES
 
     by_config = {r["config"]: r for r in records if r["role"] == "config"}
     lines = [
@@ -126,7 +130,7 @@ def table(records: list[dict]) -> str:
 def detail_table(records: list[dict]) -> str:
     """Markdown for docs/recipes.md: every config's categories at the peak, the planner's prediction and its error,
     then the held-out lengths."""
-    from trl_ext.memory import CUDA_OVERHEAD_BYTES
+    from trl_ext.model_shapes import CUDA_OVERHEAD_BYTES
     from trl_ext.plan import predict
 
     lines = [
@@ -152,7 +156,7 @@ def detail_table(records: list[dict]) -> str:
 def linearity(name: str) -> list[dict]:
     """Each category at 1, 2, 3 and 4 decoder layers, a least-squares line through them, and its residuals."""
     records = [measure(name, role="linearity", layers=layers) for layers in (1, 2, 3, 4)]
-    from trl_ext.memory import CATEGORIES
+    from memory_harness import CATEGORIES
 
     print(f"\nlinearity of {name} in the layer count (bytes = a + b * layers):")
     for category in (*CATEGORIES, "peak"):

@@ -7,7 +7,7 @@ sharing (the group's prompt computed once: `trl_ext.prefix_sharing`).
     python benchmarks/ranked_lists.py --model trl-ext/smollm2-135m-instruct --n 4 --prompts long --seeds 0 \
         --rows 8 --test-rows 8 --groups 2     # the real model: 4 optimizer steps per method (timing, not learning)
 
-Task: the known-truth toy task (`trl_ext.testing.synthetic.ToyTask`, clean annotator): `--rows` ranked groups of n
+Task: the known-truth toy task (`trl_ext.toy.synthetic.ToyTask`, clean annotator): `--rows` ranked groups of n
 responses for training, `--test-rows` groups on held-out prompts. Short prompts are about as long as a response
 (3 filler words); long prompts are at least 4x the longest response (`--long-prompt-words` filler words). Model:
 the embedded tiny Llama (`trl-ext/tiny-llama`, sdpa attention), a fresh LoRA adapter (same seed, same
@@ -77,7 +77,7 @@ def held_out_metrics(rewards: list[list[float]], rows: list[dict]) -> dict[str, 
     """Mean Kendall tau-b (over groups) and pairwise accuracy (over pairs of different true quality) of the implicit
     rewards against the true quality of each response."""
     from trl_ext.ranked_grpo import kendall_tau
-    from trl_ext.testing.synthetic import quality
+    from trl_ext.toy.synthetic import quality
 
     taus, right, pairs = [], 0, 0
     for scores, row in zip(rewards, rows):
@@ -173,7 +173,7 @@ def run_one(method: Method, share: bool, setting: Setting, data: dict, args) -> 
 
 
 def make_data(setting: Setting, args) -> dict[str, list[dict]]:
-    from trl_ext.testing.synthetic import ToyTask
+    from trl_ext.toy.synthetic import ToyTask
 
     words = SHORT_PROMPT_WORDS if setting.prompts == "short" else args.long_prompt_words
     task = ToyTask(seed=setting.seed, n_responses=setting.n, prompt_words=words)

@@ -14,12 +14,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from trl_ext.methods import NAMES
+
 from .errors import DataError
 from .shapes import CONSTRAINT_FIELDS, PAIR_SHAPES, TOOLS_FIELD, _np_lengths, is_messages_type
 
 logger = logging.getLogger("dataset_builders")
 
-METHODS = ("sft", "reward", "ppo", "dpo", "ipo", "kto", "orpo", "grpo")
+METHODS = NAMES  # trl_ext.methods: the one table (a method names the mapping its recipe reads)
 PAIR_STRATEGIES = ("all_pairs", "adjacent", "best_vs_rest", "best_vs_worst")
 # Text columns that hold a completion (role "assistant" when wrapped); `prompt` is the user's turn.
 _COMPLETION_COLUMNS = ("chosen", "rejected", "response", "response_a", "response_b", "completion")

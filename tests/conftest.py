@@ -9,17 +9,20 @@ offline_environment()
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# the measuring harness is not library code: it lives beside the benchmarks that use it (`import memory_harness`)
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 TEST_DATA = REPO_ROOT / "recipes" / "data"  # example files, and real public data (HH-RLHF, see its README.md)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    from trl_ext.testing.tiny import tiny_model_path as build
+    from trl_ext.toy.tiny import tiny_model_path as build
 
     return build()
 

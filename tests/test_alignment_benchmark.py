@@ -8,7 +8,7 @@ import sys
 import pytest
 from _recipe_utils import REPO_ROOT, load_recipe
 
-from trl_ext.testing.synthetic import quality
+from trl_ext.toy.synthetic import quality
 
 
 def _bench():

@@ -170,9 +170,19 @@ def test_instruction_following_results_carry_every_field_and_add_up():
 def test_instruction_following_table_has_one_line_per_method():
     module = _load("instruction_following")
     row = dict.fromkeys(module.FIELDS, 0.5) | {"method": "dpo", "seed": 0, "held_out_prompts": 128, "gain": 0.25}
-    meta = {"machine": "2 CPU cores", "git": {"commit": "abc", "tree_clean": True}, "versions": {"trl": "1.16.0"},
+    meta = {"machine": "2 CPU cores", "git": {"commit": "abc", "clean": True}, "versions": {"trl": "1.16.0"},
             "command": "python benchmarks/instruction_following.py --quick", "wall_s": 600}  # fmt: skip
     table = module.markdown([row, dict(row, seed=1, gain=0.35)], meta)
     lines = [line for line in table.splitlines() if line.startswith("| dpo |")]
     assert len(lines) == 1 and "| 2 |" in lines[0] and "+0.300 +- 0.500" in lines[0]
     assert "`abc` (tree clean)" in table and "128 held-out prompts" in table
+
+
+def test_instruction_following_reuse_reads_the_training_time_from_the_card(tmp_path):
+    module = _load("instruction_following")
+    (tmp_path / "README.md").write_text(
+        "| metric | value |\n|---|---|\n| train_loss | 0.4 |\n| train_runtime | 2248.22 |\n"
+    )
+    assert module.trained_seconds(tmp_path) == 2248.22
+    with pytest.raises(SystemExit, match="no trained adapter"):
+        module.trained_seconds(tmp_path / "missing")

@@ -12,7 +12,7 @@ from conftest import REPO_ROOT
 
 from dataset_builders import load
 from dataset_builders.__main__ import main
-from trl_ext.testing.synthetic import ToyTask
+from trl_ext.toy.synthetic import ToyTask
 
 
 @pytest.fixture

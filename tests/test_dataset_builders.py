@@ -14,7 +14,7 @@ import pytest
 
 import dataset_builders
 from dataset_builders import DataError, detect, load
-from trl_ext.testing.synthetic import ToyTask
+from trl_ext.toy.synthetic import ToyTask
 
 FORMS = ("json", "jsonl", "jsonc", "csv", "parquet", "jsonl.gz", "csv.gz", "json.gz", "save_to_disk")
 

@@ -6,7 +6,7 @@ import pytest
 
 import dataset_builders
 from dataset_builders import METHODS, SHAPES, DataError, kto_class_weights, load, load_with_report
-from trl_ext.testing.synthetic import ToyTask
+from trl_ext.toy.synthetic import ToyTask
 
 COLUMNS = {
     "reward": ["prompt", "chosen", "rejected"],

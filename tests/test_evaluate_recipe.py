@@ -6,7 +6,7 @@ import pytest
 import torch
 from _recipe_utils import REPO_ROOT, load_recipe
 
-from trl_ext.testing.synthetic import ToyTask
+from trl_ext.toy.synthetic import ToyTask
 
 FAST = ["--num_prompts", "4", "--max_new_tokens", "8", "--max_pairs", "12", "--batch_size", "4"]
 

@@ -242,7 +242,7 @@ def test_reward_scores_and_accuracy_of_a_reward_model(tiny_model_path, tiny):
 
 
 def test_evaluate_policy_reports_everything(tiny_model_path, tiny):
-    from trl_ext.testing.synthetic import quality
+    from trl_ext.toy.synthetic import quality
 
     model = _peft(tiny_model_path, init_lora_weights=False)
     _, tokenizer = tiny

@@ -20,8 +20,8 @@ from trl_ext.ranked_grpo import (
     ranks_across_processes,
     ranks_within_groups,
 )
-from trl_ext.testing.synthetic import ToyTask, quality
 from trl_ext.tokenization import encode_sequence
+from trl_ext.toy.synthetic import ToyTask, quality
 
 CPU = dict(use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no", seed=0)
 

@@ -11,7 +11,7 @@ from trl import DPOConfig, DPOTrainer, TrlParser
 
 from trl_ext import LengthAwareIPOConfig, LengthAwareIPOTrainer
 from trl_ext.ipo import auto_length_penalty, length_aware_ipo_loss, relative_length_difference
-from trl_ext.testing.synthetic import ToyTask, quality
+from trl_ext.toy.synthetic import ToyTask, quality
 
 BETA = 0.5
 

@@ -1,10 +1,10 @@
-"""trl_ext.memory: fake-weight measurement of a recipe's training step (what benchmarks/memory.py records)."""
+"""benchmarks/memory_harness.py: fake-weight measurement of a recipe's training step (what benchmarks/memory.py records)."""
 
 import pytest
 import torch
+from memory_harness import HostValues, _tracker_class, measure_recipe, model_shapes
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
-from trl_ext.memory import HostValues, _tracker_class, measure_recipe, model_shapes
 from trl_ext.plan import Run, Shapes, four_bit_bytes, static_bytes
 
 
@@ -77,9 +77,8 @@ def test_four_bit_weights_stay_parameters_through_a_no_grad_forward():
     codes on that first forward (new storages, counted as activations, the parameters' shrinking). A CUDA run keeps
     them, so the measurement does too."""
     import bitsandbytes.functional as bnb_functional
+    from memory_harness import _snapshot_bytes, _swap_or_set_data, build_model
     from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
-
-    from trl_ext.memory import _snapshot_bytes, _swap_or_set_data, build_model
 
     bnb_functional.create_dynamic_map()
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

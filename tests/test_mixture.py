@@ -6,7 +6,7 @@ import json
 import pytest
 from _recipe_utils import load_recipe
 
-from trl_ext import recipe
+from trl_ext import model_card, recipe
 
 
 def write_jsonl(path, rows):
@@ -49,7 +49,7 @@ def test_a_mixture_draws_rows_and_fractions_of_each_source_in_its_own_layout(tmp
     assert again.to_list() == train.to_list()  # the seed decides
     reports = [(r["source"], r["format"], r["rows_in"], r["dropped"], r["used"]) for r in args.data_reports]
     assert reports == [(str(a), "openai_dpo", 10, 0, 6), (str(b), None, 21, 1, 10)]
-    card = recipe.model_card(method="dpo", model_args=model_args, recipe_args=args, training_args=training_args,
+    card = model_card.card_for_run(method="dpo", model_args=model_args, recipe_args=args, training_args=training_args,
                              row_counts={"train": 16}, metrics={}, is_adapter=True)  # fmt: skip
     assert f"`{a}`: shape `pairs`, 10 rows read, 0 dropped as invalid, 10 rows for dpo, 6 of them used in the mixture; read as openai_dpo" in card  # fmt: skip
     assert f"`{b}`: shape `pairs`, 21 rows read, 1 dropped as invalid, 20 rows for dpo, 10 of them used in the mixture" in card  # fmt: skip

@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from memory_harness import fit
 
 from trl_ext import plan
-from trl_ext.memory import model_shapes
-from trl_ext.plan import Run, Shapes, fit, predict, predict_bytes
+from trl_ext.model_shapes import model_shapes
+from trl_ext.plan import Run, Shapes, predict, predict_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = json.loads((ROOT / "benchmarks" / "results" / "memory.json").read_text())
@@ -134,7 +135,7 @@ def test_recipes_warn_before_the_first_step_when_the_run_will_not_fit(monkeypatc
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from trl_ext.testing.synthetic import ToyTask
+    from trl_ext.toy.synthetic import ToyTask
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
@@ -191,7 +192,7 @@ def test_the_planner_answers_without_torch_and_says_its_two_limits_apart():
     code = (
         "import sys; from trl_ext import plan; "
         "p = plan.predict('recipes/configs/dpo/qlora-24gb.yaml', gpu_memory_gib=24); print(plan.report(p)); "
-        "assert 'torch' not in sys.modules and 'trl_ext.memory' not in sys.modules, 'heavy imports'"
+        "assert 'torch' not in sys.modules and 'memory_harness' not in sys.modules, 'heavy imports'"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-1000:]

@@ -9,7 +9,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from trl_ext.ppo import PPOConfig, PPOTrainer
-from trl_ext.testing.synthetic import ToyTask, quality
+from trl_ext.toy.synthetic import ToyTask, quality
 from trl_ext.trainer_utils import reference_adapter
 
 LOGGED = (

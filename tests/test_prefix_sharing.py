@@ -27,7 +27,7 @@ from trl_ext.prefix_sharing import (
     supports_prefix_sharing,
 )
 from trl_ext.ranked_grpo import PlackettLuceRewardTrainer
-from trl_ext.testing.synthetic import ToyTask
+from trl_ext.toy.synthetic import ToyTask
 
 CPU = dict(use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no", seed=0)
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -13,7 +13,7 @@ from trl import DPOConfig, DPOTrainer, GRPOConfig
 
 from trl_ext import RankedGRPOConfig, RankedGRPOTrainer
 from trl_ext.ranked_grpo import DataCollatorForRankedGroups, group_advantages, kendall_tau, tokenize_ranked_row
-from trl_ext.testing.synthetic import ToyTask, quality
+from trl_ext.toy.synthetic import ToyTask, quality
 
 CPU = dict(use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no")
 

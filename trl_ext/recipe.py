@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from trl_ext import engines, models
-from trl_ext.model_card import ModelCard, render
+from trl_ext.model_card import card_for_run
 
 if TYPE_CHECKING:
     import datasets
@@ -57,14 +57,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Training-argument fields the card reports when the config has them (None-valued ones are left out).
-CARD_HYPERPARAMETERS = (
-    "learning_rate", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "num_train_epochs", "max_steps",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "max_prompt_length",
-    "beta", "loss_type", "label_smoothing", "ld_alpha", "desirable_weight", "undesirable_weight",
-    "center_rewards_coefficient", "num_generations", "epsilon", "optim", "weight_decay", "max_grad_norm",
-    "gradient_checkpointing", "bf16", "fp16", "seed",
-)  # fmt: skip
 _SECRET_FLAGS = ("--hub_token",)
 
 
@@ -507,7 +499,7 @@ def finish(
         }
         if recipe_args.merge_adapter and is_adapter:
             folder = models.merge_adapter(output_dir, model_args, args, dtype=models.merge_dtype(model_args))
-        card = model_card(
+        card = card_for_run(
             method=method,
             model_args=model_args,
             recipe_args=recipe_args,
@@ -552,75 +544,3 @@ def push_to_hub(folder: str | Path, *, repo_id: str, private: bool | None = None
     )
     logger.info("Pushed %s to https://huggingface.co/%s", folder, repo_id)
     return str(getattr(commit, "commit_url", commit))
-
-
-def _plain(value: Any) -> Any:
-    """A setting as the YAML writes it: `constant`, not `SchedulerType.CONSTANT`."""
-    import enum
-
-    return value.value if isinstance(value, enum.Enum) else value
-
-
-def model_card(
-    *,
-    method: str,
-    model_args: ModelConfig,
-    recipe_args: RecipeArguments,
-    training_args: TrainingArguments,
-    row_counts: dict[str, int | None],
-    metrics: dict[str, float],
-    is_adapter: bool,
-    world_size: int = 1,
-) -> str:
-    """The README.md written next to the weights (`trl_ext.model_card.render`), from a recipe's arguments.
-    `row_counts` may hold `steps` and `epochs` (what training ran): the card then says how much of the data it saw."""
-    hyper = {
-        k: _plain(getattr(training_args, k))
-        for k in CARD_HYPERPARAMETERS
-        if getattr(training_args, k, None) is not None
-    }
-    if training_args.max_steps > 0:  # max_steps decides the length; num_train_epochs is then not what ran
-        hyper.pop("num_train_epochs", None)
-    else:
-        hyper.pop("max_steps", None)
-    hyper["effective_batch_size"] = (
-        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world_size
-    )
-    hyper["num_processes"] = world_size
-    if model_args.use_peft:
-        hyper.update(
-            lora_r=model_args.lora_r,
-            lora_alpha=model_args.lora_alpha,
-            lora_dropout=model_args.lora_dropout,
-            lora_target_modules=model_args.lora_target_modules or "all-linear",
-        )
-    if model_args.load_in_4bit:
-        nested = " + double quantization" if model_args.use_bnb_nested_quant else ""
-        quantization = f"4-bit {model_args.bnb_4bit_quant_type.upper()}{nested}, compute in {model_args.dtype}"
-    else:
-        quantization = "8-bit" if model_args.load_in_8bit else str(model_args.dtype)
-    dataset = recipe_args.dataset_path or (
-        f"a mixture of {len(recipe_args.dataset_mixture)} sources" if recipe_args.dataset_mixture else None
-    )
-    return render(
-        ModelCard(
-            name=Path(training_args.output_dir).name,
-            method=method,
-            base_model=model_args.model_name_or_path,
-            quantization=quantization,
-            lora=bool(model_args.use_peft),
-            is_adapter=is_adapter,
-            dataset=dataset,
-            dataset_shape=recipe_args.dataset_shape,
-            hub_dataset=bool(recipe_args.dataset_path) and not os.path.exists(recipe_args.dataset_path),
-            data_reports=list(recipe_args.data_reports),
-            train_rows=row_counts.get("train"),
-            eval_rows=row_counts.get("eval"),
-            train_steps=row_counts.get("steps"),
-            train_epochs=row_counts.get("epochs"),
-            eval_source=recipe_args.eval_dataset_path,
-            hyperparameters=hyper,
-            metrics=metrics,
-            command=recipe_args.command,
-        )
-    )

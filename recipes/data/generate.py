@@ -1,4 +1,4 @@
-"""Regenerate the example files in this folder from the known-truth toy task (`trl_ext.testing.synthetic.ToyTask`).
+"""Regenerate the example files in this folder from the known-truth toy task (`trl_ext.toy.synthetic.ToyTask`).
 
     python recipes/data/generate.py
 
@@ -7,7 +7,7 @@ The hand-written examples (`examples_pasted.jsonc`, `pairwise_ab_handwritten.csv
 
 from pathlib import Path
 
-from trl_ext.testing.synthetic import ToyTask
+from trl_ext.toy.synthetic import ToyTask
 
 HERE = Path(__file__).resolve().parent
 ROWS = 256

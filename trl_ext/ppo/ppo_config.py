@@ -62,7 +62,7 @@ class PPOConfig(_BaseConfig):
         reward_functions (`list[str]`, *optional*):
             Rule-based rewards, beside or instead of the reward model: names from `trl_ext.rewards.REWARD_FUNCTIONS`
             (`instruction_following`: the fraction of the prompt's IFEval constraints followed) or dotted import
-            paths of functions in TRL's reward-function form (e.g. `trl_ext.testing.synthetic.toy_quality`); read by
+            paths of functions in TRL's reward-function form (e.g. `trl_ext.toy.synthetic.toy_quality`); read by
             `recipes/ppo.py`.
         reward_weights (`list[float]`, *optional*):
             One weight per reward, the reward model first (if any), then `reward_functions` in order (all 1.0 when

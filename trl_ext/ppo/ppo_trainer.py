@@ -48,8 +48,15 @@ from trl_ext.sampling import sample, sampling_config
 from trl_ext.tokenization import encode_prompt, encode_sequence, stop_token_ids
 from trl_ext.trainer_utils import MetricsMixin, frozen_copy, prepare_reference_model, reference_context, wrap_policy
 
-from . import ppo_loss
 from .ppo_config import PPOConfig
+from .ppo_loss import (
+    adaptive_kl_coef,
+    explained_variance,
+    generalized_advantage_estimation,
+    per_token_rewards,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
 
 logger = get_logger(__name__)
 
@@ -112,7 +119,7 @@ class PPOTrainer(MetricsMixin, _BaseTrainer):
 
     Example:
         >>> from trl_ext import PPOConfig, PPOTrainer
-        >>> from trl_ext.testing.synthetic import quality
+        >>> from trl_ext.toy.synthetic import quality
         >>> reward = lambda prompts, completions, **kw: [quality(c) for c in completions]
         >>> trainer = PPOTrainer("trl-ext/tiny-llama", reward_model=reward, args=PPOConfig("out", use_cpu=True),
         ...                      train_dataset=prompts)            # rows with a "prompt" column
@@ -432,12 +439,12 @@ class PPOTrainer(MetricsMixin, _BaseTrainer):
         ref_logps = torch.cat(ref_logps)
 
         maskf = mask.float()
-        rewards, kl = ppo_loss.per_token_rewards(
+        rewards, kl = per_token_rewards(
             scores, logps.float(), ref_logps.float(), maskf, self.kl_coef, args.kl_estimator
         )
         if args.whiten_rewards:
             rewards = masked_whiten(rewards, maskf, shift_mean=False)
-        advantages, returns = ppo_loss.generalized_advantage_estimation(rewards, values, maskf, args.gamma, args.lam)
+        advantages, returns = generalized_advantage_estimation(rewards, values, maskf, args.gamma, args.lam)
         if args.whiten_advantages:
             advantages = masked_whiten(advantages, maskf)
 
@@ -450,12 +457,10 @@ class PPOTrainer(MetricsMixin, _BaseTrainer):
         self._log_mean(mode, "objective/entropy", masked_mean(entropy, maskf, dim=1))
         self._log_mean(mode, "completions/mean_length", maskf.sum(1))
         self._log_mean(mode, "completions/eos_ratio", has_eos.float())
-        self._metrics[mode]["value/explained_variance"].append(
-            ppo_loss.explained_variance(values, returns, maskf).item()
-        )
+        self._metrics[mode]["value/explained_variance"].append(explained_variance(values, returns, maskf).item())
         self._metrics[mode]["ppo/kl_coef"].append(self.kl_coef)
         if mode == "train" and args.kl_target is not None:
-            self.kl_coef = ppo_loss.adaptive_kl_coef(
+            self.kl_coef = adaptive_kl_coef(
                 self.kl_coef, seq_kl.mean().item(), args.kl_target, seq_kl.numel(), args.kl_horizon
             )
         return {
@@ -510,10 +515,10 @@ class PPOTrainer(MetricsMixin, _BaseTrainer):
         logps, entropy, values = self._forward(
             model, inputs["input_ids"], inputs["attention_mask"], mask.shape[1], values=True
         )
-        pg_loss, clip_fraction = ppo_loss.ppo_policy_loss(
+        pg_loss, clip_fraction = ppo_policy_loss(
             logps.float(), inputs["old_logps"], inputs["advantages"], mask, args.cliprange
         )
-        vf_loss, vf_clip_fraction = ppo_loss.ppo_value_loss(
+        vf_loss, vf_clip_fraction = ppo_value_loss(
             values, inputs["old_values"], inputs["returns"], mask, args.cliprange_value
         )
         loss = pg_loss + args.vf_coef * vf_loss

@@ -92,7 +92,7 @@ class RankedGRPOTrainer(MetricsMixin, Trainer):
 
     Example:
         >>> from trl_ext import RankedGRPOConfig, RankedGRPOTrainer
-        >>> from trl_ext.testing.synthetic import ToyTask
+        >>> from trl_ext.toy.synthetic import ToyTask
         >>> from datasets import Dataset
         >>> data = Dataset.from_list(ToyTask().rows("ranked", 64))
         >>> args = RankedGRPOConfig("out", beta=0.04, learning_rate=1e-4, use_cpu=True, bf16=False,

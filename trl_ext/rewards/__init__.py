@@ -57,7 +57,7 @@ def import_reward_function(path: str) -> RewardFunc:
     if not module:
         raise ConfigError(
             f"reward function {path!r}: not a known name ({', '.join(REWARD_FUNCTIONS)}) nor a dotted path such as "
-            "trl_ext.testing.synthetic.toy_quality"
+            "trl_ext.toy.synthetic.toy_quality"
         )
     try:
         return getattr(importlib.import_module(module), name)

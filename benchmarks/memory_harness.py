@@ -1,5 +1,8 @@
 """Tensor memory of a recipe's training step at a real model's shapes, measured on the CPU without the memory.
 
+The measuring harness of `benchmarks/memory.py` and `benchmarks/gpu_memory.py` (and their tests), not library
+code: the planner (`trl_ext.plan`) reads the constants this measured, never this module.
+
 `measure_recipe(config)` runs the recipe of a config (its own `main`: data set-up, `load_model`, LoRA, trainer, two
 optimizer steps) with three things replaced, all undone afterwards:
 
@@ -40,10 +43,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from trl_ext.methods import PLANNED
 from trl_ext.model_shapes import CUDA_OVERHEAD_BYTES, GIB, MODEL_SHAPES, model_shapes  # noqa: F401 (re-exported)
+from trl_ext.plan import FITTED, Run, Shapes, activation_features, static_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -566,7 +572,7 @@ def _where(device: str | None) -> str:
 
 
 # Their rollout batch is per_device_train_batch_size x gradient_accumulation_steps: measured as configured
-_ROLLOUT_METHODS = ("ppo", "grpo-online")
+_ROLLOUT_METHODS = tuple(name for name, m in PLANNED.items() if m.generates)
 
 _SETTINGS = (
     "gradient_accumulation_steps", "num_ppo_epochs", "num_mini_batches", "generation_batch_size",
@@ -575,3 +581,50 @@ _SETTINGS = (
     "reward_max_length", "reward_per_device_train_batch_size", "prefix_sharing", "gradient_checkpointing", "optim",
     "lora_r", "lora_target_modules", "dtype", "load_in_4bit", "use_bnb_nested_quant",
 )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- the planner's fit
+def fit(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per-method coefficients from measured records (`benchmarks/results/memory.json`).
+
+    - `embedding_bytes`: 4 (float32 after k-bit preparation) or 2 (a trainer that casts them back to bf16),
+      whichever makes the exact parameter bytes match the measured parameters category.
+    - `width`, `head`, `rollout_width`: non-negative least squares of what the measured peak holds beyond the exact
+      terms (parameters, optimizer, checkpoints, KV cache) on the features of `activation_features`.
+    """
+    coefficients: dict[str, dict[str, float]] = {}
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_method.setdefault(record["method"], []).append(record)
+    for method, rows in sorted(by_method.items()):
+        runs = []
+        for record in rows:
+            shapes = Shapes.of(dict(model_shapes(record["model"]), num_hidden_layers=record["num_layers"]))
+            runs.append((record, shapes, Run.of(method, record["settings"] | record.get("overrides", {}))))
+        errors = {}
+        for embedding_bytes in (4.0, 2.0):
+            trial = {method: {"embedding_bytes": embedding_bytes}}
+            errors[embedding_bytes] = sum(
+                abs(static_bytes(shapes, run, trial)["parameters"] - record["categories"]["parameters"])
+                for record, shapes, run in runs
+            )
+        embedding_bytes = min(errors, key=errors.get)
+        current = {method: {"embedding_bytes": embedding_bytes}}
+        xs, ys = [], []
+        for record, shapes, run in runs:
+            features = activation_features(shapes, run)
+            exact = sum(static_bytes(shapes, run, current).values()) + features["checkpoints"] + features["kv_cache"]
+            xs.append([features[name] for name in FITTED])
+            ys.append(record["peak_bytes"] - exact)
+        x, y = np.array(xs, dtype=float), np.array(ys, dtype=float)
+        active = [i for i in range(len(FITTED)) if x[:, i].any()]
+        solution = np.zeros(len(FITTED))
+        while active:  # least squares, dropping a feature whose coefficient comes out negative
+            values, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
+            if (values >= 0).all():
+                solution[active] = values
+                break
+            active.pop(int(np.argmin(values)))
+        coefficients[method] = {"embedding_bytes": embedding_bytes}
+        coefficients[method].update({name: round(float(v), 6) for name, v in zip(FITTED, solution)})
+    return coefficients

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trl_ext.embedded import build_once
+from trl_ext.model_cache import build_once
 
 TINY_MODEL_ID = "trl-ext/tiny-llama"
 # Bump when the architecture, tokenizer or chat template changes, so stale caches are not reused.
