@@ -73,7 +73,7 @@ FULL = {"prompts": None, "seeds": (0, 1, 2)}
 
 
 def held_out_rows(limit: int | None) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in HELD_OUT.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in HELD_OUT.read_text().split("\n") if line.strip()]
     return rows[:limit] if limit else rows
 
 
@@ -153,6 +153,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"{mean('trained_instruction'):.3f} | {mean('length_base'):.0f} -> {mean('length_trained'):.0f} | "
             f"{mean('cut_base'):.0f} -> {mean('cut_trained'):.0f} | {mean('kl_per_token'):.3f} | {mean('train_seconds'):.0f} |"  # noqa: E501
         )
+    lines += ["", "Greedy answers to the first held-out prompts, base then trained, as the checker judged them (so that a "
+              "pass by gaming the checker shows):", "", "| method | prompt | base | trained |", "|---|---|---|---|"]  # fmt: skip
+    cell = lambda text, n=160: str(text).replace("|", "\\|").replace("\n", " / ")[:n]  # noqa: E731
+    for key in dict.fromkeys(r["method"] for r in rows):
+        first = next(r for r in rows if r["method"] == key)
+        for a in first.get("answers", [])[:3]:
+            mark = lambda ok: "(follows)" if ok else "(fails)"  # noqa: E731
+            lines.append(f"| {key} | {cell(a['prompt'], 200)} | {mark(a['base_follows'])} {cell(a['base'])} | "
+                         f"{mark(a['trained_follows'])} {cell(a['trained'])} |")  # fmt: skip
     git = meta["git"]
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     lines += ["", f"Commit `{git['commit']}` (tree {'clean' if git['clean'] else 'with uncommitted changes'}); "
@@ -204,7 +213,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         kept = [r for r in earlier if r.get("commit") == git["commit"] and (r["method"], r["seed"]) not in mine]
         results = kept + results
     meta = {"machine": machine(), "git": git, "wall_s": time.perf_counter() - started,
-            "command": "python benchmarks/instruction_following.py" + (" --quick" if args.quick else ""),
+            "command": " ".join(["python benchmarks/instruction_following.py", *(argv if argv is not None else sys.argv[1:])]),
             "versions": {k: v for k, v in library_versions().items() if k in ("trl", "transformers", "peft", "torch")}}  # fmt: skip
     section = markdown(results, meta)
     print(section)

@@ -23,6 +23,9 @@ EXAMPLES = {
     "ranked_handwritten.json": ("ranked", 3, "dpo"),
     "prompts_with_constraints.jsonl": ("prompts", 48, "ppo"),
     "hh-rlhf-ifeval-prompts.jsonl": ("prompts", 256, "ppo"),
+    "ifeval-train-prompts.jsonl": ("prompts", 1800, "ppo"),
+    "ifeval-heldout-prompts.jsonl": ("prompts", 378, "ppo"),
+    "smollm2-ifeval-pairs.jsonl": ("pairs", 300, "dpo"),
 }
 
 
@@ -36,7 +39,10 @@ def test_example_file(name):
 
 
 def test_every_example_file_is_listed():
-    assert {p.name for p in DATA.iterdir() if p.suffix in (".jsonl", ".jsonc", ".json", ".csv")} == set(EXAMPLES)
+    data = {p.name for p in DATA.iterdir() if p.suffix in (".jsonl", ".jsonc", ".json", ".csv")}
+    sidecars = {name for name in data if name.endswith(".meta.json")}  # the generator's record of how a file was made
+    assert data - sidecars == set(EXAMPLES)
+    assert all(name.removesuffix(".meta.json") in EXAMPLES for name in sidecars)
 
 
 def test_hand_written_examples_say_what_they_mean():

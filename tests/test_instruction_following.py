@@ -127,8 +127,8 @@ def test_a_stub_policy_that_always_follows_or_always_breaks_scores_one_or_zero(m
 
 
 # --- the shipped prompts: split by request ----------------------------------------------------------------------------
-def _rows(name):
-    return [json.loads(line) for line in (DATA / name).read_text().splitlines()]
+def _rows(name):  # split at newlines only: model answers may hold other line separators (U+2028)
+    return [json.loads(line) for line in (DATA / name).read_text().split("\n") if line]
 
 
 def test_held_out_prompts_share_no_request_with_training():
